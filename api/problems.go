@@ -1,0 +1,135 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"evident/commands"
+	"evident/domain/user"
+	"evident/eventstore"
+	"evident/readmodels"
+
+	"github.com/labstack/echo/v4"
+)
+
+// Problem is an RFC 9457 problem detail with Evident's stable code.
+type Problem struct {
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail,omitempty"`
+	Instance string `json:"instance,omitempty"`
+	Code     string `json:"code"`
+	Field    string `json:"field,omitempty"`
+	// Position is set on a 503 read_model_behind: what the query waited for.
+	Position string `json:"position,omitempty"`
+}
+
+// Error implements error so handlers can return a Problem directly.
+func (p *Problem) Error() string { return p.Code + ": " + p.Detail }
+
+func problem(status int, code, detail string) *Problem {
+	return &Problem{Type: "https://evident.dev/problems/" + code, Title: http.StatusText(status), Status: status, Code: code, Detail: detail}
+}
+
+// mapping is the one table from errors to problems, checked in order with errors.Is.
+var mapping = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{user.ErrNotFound, http.StatusNotFound, "user_not_found"},
+	{readmodels.ErrNotFound, http.StatusNotFound, "not_found"},
+	{commands.ErrSessionNotFound, http.StatusNotFound, "session_not_found"},
+	{user.ErrExists, http.StatusConflict, "user_exists"},
+	{user.ErrDeleted, http.StatusConflict, "user_deleted"},
+	{user.ErrAlreadyActive, http.StatusConflict, "already_active"},
+	{user.ErrInvalidToken, http.StatusBadRequest, "invalid_token"},
+	{user.ErrTokenExpired, http.StatusGone, "token_expired"},
+	{user.ErrTokenUsed, http.StatusConflict, "token_used"},
+	{user.ErrNotActive, http.StatusUnauthorized, "user_not_active"},
+	{commands.ErrEmailTaken, http.StatusConflict, "email_taken"},
+	{commands.ErrConflict, http.StatusConflict, "concurrency_conflict"},
+	{commands.ErrPreconditionFailed, http.StatusPreconditionFailed, "precondition_failed"},
+	{commands.ErrInvalidCredentials, http.StatusUnauthorized, "invalid_credentials"},
+	{commands.ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated"},
+	{readmodels.ErrBadCursor, http.StatusBadRequest, "invalid_cursor"},
+	{eventstore.ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
+	{eventstore.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+	{context.DeadlineExceeded, http.StatusServiceUnavailable, "timeout"},
+}
+
+// toProblem maps any error to the problem a client sees.
+func toProblem(err error) *Problem {
+	var p *Problem
+	if errors.As(err, &p) {
+		return p
+	}
+	var ve *user.ValidationError
+	if errors.As(err, &ve) {
+		pr := problem(http.StatusUnprocessableEntity, "validation_failed", ve.Error())
+		pr.Field = ve.Field
+		return pr
+	}
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		switch he.Code {
+		case http.StatusNotFound:
+			return problem(he.Code, "route_not_found", "no such route")
+		case http.StatusMethodNotAllowed:
+			return problem(he.Code, "method_not_allowed", "method not allowed on this route")
+		case http.StatusRequestEntityTooLarge:
+			return problem(he.Code, "body_too_large", "request body exceeds the limit")
+		case http.StatusUnsupportedMediaType:
+			return problem(he.Code, "unsupported_media_type", "send application/json")
+		case http.StatusUnauthorized:
+			return problem(he.Code, "unauthenticated", "a valid bearer token is required")
+		}
+		if he.Code >= 400 && he.Code < 500 {
+			return problem(he.Code, "bad_request", http.StatusText(he.Code))
+		}
+	}
+	for _, m := range mapping {
+		if errors.Is(err, m.err) {
+			return problem(m.status, m.code, detailFor(m.code, err))
+		}
+	}
+	return problem(http.StatusInternalServerError, "internal", "internal error")
+}
+
+// detailFor keeps internal error text away from clients where it could leak
+// internals; domain errors are safe to echo.
+func detailFor(code string, err error) string {
+	switch code {
+	case "unavailable", "timeout", "too_large":
+		return "the store could not take the request: " + code
+	}
+	return err.Error()
+}
+
+// errorHandler is echo's HTTPErrorHandler: every error leaves as problem+json.
+// Only our faults (5xx) are logged.
+func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
+	return func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		p := toProblem(err)
+		p.Instance = c.Request().URL.Path
+		if p.Status >= 500 {
+			log.ErrorContext(c.Request().Context(), "request failed",
+				"method", c.Request().Method, "path", c.Path(), "status", p.Status, "request_id", requestID(c), "err", err)
+		}
+		if p.Status == http.StatusServiceUnavailable {
+			c.Response().Header().Set("Retry-After", "1")
+		}
+		if p.Status == http.StatusUnauthorized {
+			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="evident"`)
+		}
+		c.Response().Header().Set(echo.HeaderContentType, "application/problem+json")
+		c.Response().WriteHeader(p.Status)
+		_ = jsonEncode(c.Response(), p)
+	}
+}

@@ -1,0 +1,156 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"evident/commands"
+	"evident/eventstore"
+	"evident/readmodels"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+)
+
+// Queries is the read side the API serves from.
+type Queries interface {
+	User(ctx context.Context, id uuid.UUID) (readmodels.User, error)
+	Users(ctx context.Context, f readmodels.UserFilter) (readmodels.Page[readmodels.User], error)
+	Sessions(ctx context.Context, userID uuid.UUID, openOnly bool, cursor string, limit int) (readmodels.Page[readmodels.Session], error)
+	ActivationTokens(ctx context.Context, userID uuid.UUID, cursor string, limit int) (readmodels.Page[readmodels.ActivationToken], error)
+	Audit(ctx context.Context, f readmodels.AuditFilter) (readmodels.Page[readmodels.AuditRecord], error)
+	BeginIdempotent(ctx context.Context, scope, key, fingerprint string) (*readmodels.IdempotentResponse, error)
+	FinishIdempotent(ctx context.Context, scope, key string, status int, body []byte) error
+	AbandonIdempotent(ctx context.Context, scope, key string) error
+}
+
+// ReadSide reports how far the projections are and waits for them.
+type ReadSide interface {
+	WaitFor(ctx context.Context, pos eventstore.Position) error
+	Ready(ctx context.Context) error
+	Status(ctx context.Context) any
+}
+
+// Options tune a Server; the zero value works.
+type Options struct {
+	// WaitTimeout bounds the read-your-writes wait (default 5s); past it a
+	// command answers 202 with its position.
+	WaitTimeout time.Duration
+	// BodyLimit caps request bodies (default 64 KiB).
+	BodyLimit int64
+	Logger    *slog.Logger
+}
+
+// Server is the HTTP API.
+type Server struct {
+	cmd  *commands.Handler
+	q    Queries
+	read ReadSide
+	opts Options
+	log  *slog.Logger
+	echo *echo.Echo
+}
+
+// NewServer builds the API with every route registered.
+func NewServer(cmd *commands.Handler, q Queries, read ReadSide, opts Options) *Server {
+	if opts.WaitTimeout <= 0 {
+		opts.WaitTimeout = 5 * time.Second
+	}
+	if opts.BodyLimit <= 0 {
+		opts.BodyLimit = 64 << 10
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cmd: cmd, q: q, read: read, opts: opts, log: log, echo: echo.New()}
+	s.echo.HideBanner, s.echo.HidePort = true, true
+	s.echo.HTTPErrorHandler = errorHandler(log)
+	s.echo.Use(middleware.RequestID())
+	s.echo.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+		log.ErrorContext(c.Request().Context(), "panic", "err", err, "stack", string(stack))
+		return err
+	}}))
+	s.echo.Use(s.limitBody)
+	s.echo.Use(s.authenticate)
+	s.Routes()
+	return s
+}
+
+// ServeHTTP makes the Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+
+// Routes registers the whole surface, in one place.
+func (s *Server) Routes() {
+	e := s.echo
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/v1/workflows/status", s.workflowStatus, s.require(roleAdmin, roleAuditor))
+
+	v1 := e.Group("/v1")
+	cmd := func(path string, method string, h echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
+		v1.Add(method, path, h, append(mw, s.idempotent)...)
+	}
+	cmd("/users", http.MethodPost, s.register)
+	cmd("/users/:id", http.MethodPatch, s.update, s.require(roleAdmin, roleSelf))
+	cmd("/users/:id/activation-requests", http.MethodPost, s.requestActivation, s.require(roleAdmin))
+	cmd("/activations", http.MethodPost, s.activateWithToken)
+	cmd("/users/:id/activate", http.MethodPost, s.activate, s.require(roleAdmin))
+	cmd("/users/:id/deactivate", http.MethodPost, s.deactivate, s.require(roleAdmin))
+	cmd("/users/:id/suspend", http.MethodPost, s.suspend, s.require(roleAdmin))
+	cmd("/users/:id", http.MethodDelete, s.deleteUser, s.require(roleAdmin))
+	cmd("/sessions", http.MethodPost, s.login)
+	cmd("/sessions/current", http.MethodDelete, s.logout, s.require(roleAny))
+	cmd("/sessions/:id", http.MethodDelete, s.revokeSession, s.require(roleAny))
+
+	v1.GET("/users", s.listUsers, s.require(roleAdmin, roleAuditor))
+	v1.GET("/users/:id", s.getUser, s.require(roleAdmin, roleAuditor, roleSelf))
+	v1.GET("/users/:id/sessions", s.listSessions, s.require(roleAdmin, roleAuditor, roleSelf))
+	v1.GET("/users/:id/activation-tokens", s.listActivationTokens, s.require(roleAdmin, roleAuditor))
+	v1.GET("/users/:id/events", s.userEvents, s.require(roleAdmin, roleAuditor))
+	v1.GET("/users/:id/state", s.userState, s.require(roleAdmin, roleAuditor))
+	v1.GET("/audit", s.audit, s.require(roleAdmin, roleAuditor))
+}
+
+func (s *Server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	if err := s.read.Ready(c.Request().Context()); err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "not_ready", "reason": err.Error()})
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) workflowStatus(c echo.Context) error {
+	return c.JSON(http.StatusOK, s.read.Status(c.Request().Context()))
+}
+
+// limitBody refuses bodies over the limit with 413, whether announced by
+// Content-Length or discovered while reading.
+func (s *Server) limitBody(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		if r.ContentLength > s.opts.BodyLimit {
+			return problem(http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds the limit")
+		}
+		r.Body = http.MaxBytesReader(c.Response(), r.Body, s.opts.BodyLimit)
+		return next(c)
+	}
+}
+
+func requestID(c echo.Context) string {
+	return c.Response().Header().Get(echo.HeaderXRequestID)
+}
+
+func jsonEncode(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"evident/api"
+	"evident/commands"
+	"evident/domain/user"
+	"evident/eventstore"
+	"evident/eventstore/sqlite"
+	"evident/internal/sqlitedb"
+	"evident/projections"
+	"evident/readmodels"
+)
+
+// Main is the whole service, wired from a Config exactly as production runs
+// it; the black-box tests start the real binary, which runs this.
+type Main struct {
+	cfg    Config
+	log    *slog.Logger
+	lock   *os.File
+	db     *sqlitedb.DB
+	events *sqlite.Store
+	rm     *readmodels.Store
+	cmd    *commands.Handler
+	runner *projections.Runner
+	expiry *commands.Expiry
+	api    *api.Server
+}
+
+// lateWaiter breaks the knot between the handler (whose deactivations wait
+// for the sessions projection) and the runner (whose workflows call the handler).
+type lateWaiter struct{ r *projections.Runner }
+
+func (w *lateWaiter) WaitFor(ctx context.Context, pos eventstore.Position) error {
+	return w.r.WaitFor(ctx, pos)
+}
+
+// Open wires stores → handler → projections → HTTP. It starts no goroutine.
+// exclusive takes the data directory's lock: one serving process per store.
+func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*Main, error) {
+	m := &Main{cfg: cfg, log: log}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if exclusive {
+		lock, err := lockDir(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		m.lock = lock
+	}
+	db, err := sqlitedb.Open(filepath.Join(cfg.DataDir, "evident.db"))
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	m.db = db
+	if m.events, err = sqlite.New(db); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("event store: %w", err)
+	}
+	if m.rm, err = readmodels.Open(ctx, "sqlite", db.Write, db.Read); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("read models: %w", err)
+	}
+	if err := m.rm.Migrate(ctx); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("read models: %w", err)
+	}
+
+	waiter := &lateWaiter{}
+	m.cmd = commands.NewHandler(m.events, m.rm, m.rm, waiter, commands.Options{
+		ActivationTokenDuration: cfg.ActivationTokenDuration,
+		SessionDuration:         cfg.SessionDuration,
+		MaxRetries:              cfg.MaxRetries,
+		PasswordCost:            cfg.PasswordCost,
+		Logger:                  log,
+	})
+	reactors := []projections.Reactor{commands.NewSessionCleanup(m.cmd)}
+	if cfg.EnableAutoActivation {
+		reactors = append(reactors, commands.NewAutoActivation(m.cmd))
+	}
+	m.runner = projections.NewRunner(m.events, m.rm, projections.All(), projections.Options{
+		MaxRetries: cfg.MaxRetries, RetryDelay: cfg.RetryDelay, Logger: log, Reactors: reactors,
+	})
+	waiter.r = m.runner
+	m.expiry = commands.NewExpiry(m.cmd, m.rm, time.Second)
+	m.api = api.NewServer(m.cmd, m.rm, readSide{m}, api.Options{WaitTimeout: cfg.ReadWaitTimeout, Logger: log})
+	return m, nil
+}
+
+// Serve runs projections, workflows and HTTP until ctx ends, then drains
+// HTTP and stops the rest.
+func (m *Main) Serve(ctx context.Context) error {
+	ln, err := net.Listen("tcp", m.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := m.runner.Run(bg); err != nil && bg.Err() == nil {
+			m.log.Error("projections stopped", "err", err)
+		}
+	})
+	wg.Go(func() { _ = m.expiry.Run(bg) })
+
+	if err := m.bootstrapAdmin(ctx); err != nil {
+		stop()
+		wg.Wait()
+		ln.Close()
+		return err
+	}
+
+	srv := &http.Server{Handler: m.api, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	m.log.Info("evident serving", "addr", ln.Addr().String(), "data_dir", m.cfg.DataDir)
+
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err = srv.Shutdown(sctx)
+		cancel()
+	}
+	stop()
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// bootstrapAdmin makes sure the configured first admin exists and is active.
+func (m *Main) bootstrapAdmin(ctx context.Context) error {
+	if m.cfg.BootstrapAdminEmail == "" {
+		return nil
+	}
+	meta := commands.Meta{ActorID: commands.System}
+	res, err := m.cmd.Register(ctx, meta, commands.RegisterInput{
+		Email: m.cfg.BootstrapAdminEmail, Name: "Administrator", Password: m.cfg.BootstrapAdminPassword, Roles: []string{user.RoleAdmin},
+	})
+	id := res.UserID
+	if errors.Is(err, commands.ErrEmailTaken) {
+		// Made on an earlier start. Finish an activation a crash may have
+		// cut short; what admins did to the account since is theirs.
+		if id, err = m.cmd.EmailOwner(ctx, m.cfg.BootstrapAdminEmail); err != nil {
+			return fmt.Errorf("bootstrap admin: %w", err)
+		}
+		st, _, err := m.cmd.UserState(ctx, id, time.Time{})
+		if err != nil || st.Status != user.StatusPending {
+			return err
+		}
+	} else if err != nil {
+		return fmt.Errorf("bootstrap admin: %w", err)
+	}
+	if _, err := m.cmd.Activate(ctx, meta, id, user.MethodAdmin, nil); err != nil {
+		return fmt.Errorf("bootstrap admin: %w", err)
+	}
+	m.log.Info("bootstrap admin ready", "user_id", id.String())
+	return nil
+}
+
+// Close releases everything Open acquired.
+func (m *Main) Close() error {
+	var errs []error
+	if m.events != nil {
+		errs = append(errs, m.events.Close())
+	}
+	if m.db != nil {
+		errs = append(errs, m.db.Close())
+	}
+	if m.lock != nil {
+		errs = append(errs, m.lock.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// lockDir takes an exclusive lock on the data directory, so that two
+// processes never project into one SQLite file at once.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "evident.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another evident process uses %s (stop it first): %w", dir, err)
+	}
+	return f, nil
+}
+
+// readSide is what the API asks of the projections.
+type readSide struct{ m *Main }
+
+func (r readSide) WaitFor(ctx context.Context, pos eventstore.Position) error {
+	return r.m.runner.WaitFor(ctx, pos)
+}
+
+// Ready is false while the store cannot be read or a projection is failing.
+func (r readSide) Ready(ctx context.Context) error {
+	if err := r.m.db.Read.PingContext(ctx); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	for _, s := range r.m.runner.Status() {
+		if !s.Running {
+			return fmt.Errorf("%s %s is not running", s.Kind, s.Name)
+		}
+		if s.LastError != "" {
+			return fmt.Errorf("%s %s is failing: %s", s.Kind, s.Name, s.LastError)
+		}
+	}
+	return nil
+}
+
+func (r readSide) Status(ctx context.Context) any {
+	store := "ok"
+	if err := r.m.db.Read.PingContext(ctx); err != nil {
+		store = err.Error()
+	}
+	return map[string]any{"store": store, "workers": r.m.runner.Status()}
+}

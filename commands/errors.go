@@ -1,0 +1,30 @@
+package commands
+
+import "errors"
+
+// Errors of the command layer, besides the domain's own sentinels and
+// *user.ValidationError, which pass through unchanged.
+var (
+	// ErrConflict means the stream kept moving under us after every retry.
+	ErrConflict = errors.New("commands: concurrent modification, retry")
+	// ErrPreconditionFailed means If-Match named a version the stream is no longer at.
+	ErrPreconditionFailed = errors.New("commands: stream version does not match If-Match")
+	// ErrEmailTaken means another user holds the normalised address.
+	ErrEmailTaken = errors.New("commands: email already registered")
+	// ErrInvalidCredentials means the e-mail/password pair did not match.
+	ErrInvalidCredentials = errors.New("commands: invalid credentials")
+	// ErrUnauthenticated means a bearer token is missing, malformed, unknown,
+	// ended, expired, or belongs to a user who is no longer active.
+	ErrUnauthenticated = errors.New("commands: not authenticated")
+	// ErrSessionNotFound means no session has that id.
+	ErrSessionNotFound = errors.New("commands: session not found")
+)
+
+func errorsIs(err error, targets ...error) bool {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,321 @@
+package commands
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"evident/domain/email"
+	"evident/domain/session"
+	"evident/domain/user"
+	"evident/eventstore"
+
+	"github.com/google/uuid"
+)
+
+// Store is the part of the event store the write side needs.
+type Store interface {
+	Append(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error)
+	ReadStream(ctx context.Context, stream string, from int64) ([]eventstore.RecordedEvent, error)
+}
+
+// Credentials keeps password hashes outside the log, keyed by an id the log may name.
+type Credentials interface {
+	PutCredential(ctx context.Context, id, userID uuid.UUID, hash string) error
+	Credential(ctx context.Context, id uuid.UUID) (string, error)
+}
+
+// OpenSessions lists a user's open sessions from the sessions read model.
+type OpenSessions interface {
+	OpenSessionIDs(ctx context.Context, userID uuid.UUID) ([]uuid.UUID, error)
+}
+
+// Waiter waits until the read side has processed a position.
+type Waiter interface {
+	WaitFor(ctx context.Context, pos eventstore.Position) error
+}
+
+// Options tune a Handler; the zero value works.
+type Options struct {
+	Now                     func() time.Time // default time.Now
+	ActivationTokenDuration time.Duration    // default 24h
+	SessionDuration         time.Duration    // default 24h
+	MaxRetries              int              // conflict retries, default 5
+	PasswordCost            int              // bcrypt cost, default bcrypt.DefaultCost
+	RevokeBatch             int              // sessions revoked per append, default 100
+	Logger                  *slog.Logger
+}
+
+// Handler runs commands against the event store.
+type Handler struct {
+	store    Store
+	creds    Credentials
+	sessions OpenSessions
+	waiter   Waiter
+	opts     Options
+	log      *slog.Logger
+}
+
+// NewHandler wires a Handler. sessions and waiter may be nil: then a
+// deactivation leaves session revocation to the cleanup workflow alone.
+func NewHandler(store Store, creds Credentials, sessions OpenSessions, waiter Waiter, opts Options) *Handler {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ActivationTokenDuration <= 0 {
+		opts.ActivationTokenDuration = 24 * time.Hour
+	}
+	if opts.SessionDuration <= 0 {
+		opts.SessionDuration = 24 * time.Hour
+	}
+	if opts.MaxRetries <= 0 {
+		opts.MaxRetries = 5
+	}
+	if opts.RevokeBatch <= 0 {
+		opts.RevokeBatch = 100
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Handler{store: store, creds: creds, sessions: sessions, waiter: waiter, opts: opts, log: log}
+}
+
+// Meta says who asks and why; it becomes every appended event's metadata.
+type Meta struct {
+	ActorID       string
+	CorrelationID string
+	CausationID   string
+	RequestID     string
+}
+
+// Actors that are not users.
+const (
+	System    = "system"    // workflows and start-up
+	Anonymous = "anonymous" // a registration without a session
+)
+
+// Result tells where a command's events landed. When the command changed
+// nothing, Position is the zero position and Version the stream's current one.
+type Result struct {
+	UserID   uuid.UUID
+	Position eventstore.Position
+	Version  int64
+	Appended int
+}
+
+// UserStream names a user's stream.
+func UserStream(id uuid.UUID) string { return "user-" + id.String() }
+
+// SessionStream names a session's stream.
+func SessionStream(id uuid.UUID) string { return "session-" + id.String() }
+
+func (h *Handler) now() time.Time { return h.opts.Now().UTC() }
+
+// retry runs attempt until it does not fail with a version conflict, at most
+// MaxRetries+1 times, sleeping a jittered, growing pause between tries.
+func (h *Handler) retry(ctx context.Context, attempt func() (Result, error)) (Result, error) {
+	for i := 0; ; i++ {
+		r, err := attempt()
+		if !errors.Is(err, eventstore.ErrWrongVersion) {
+			return r, err
+		}
+		if i >= h.opts.MaxRetries {
+			return Result{}, fmt.Errorf("%w: %w", ErrConflict, err)
+		}
+		pause := time.Duration(1<<i)*time.Millisecond + rand.N(5*time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return Result{}, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+}
+
+// encode stamps metadata on domain events.
+func encode[E interface{ EventType() string }](meta Meta, now time.Time, schema int, events []E) ([]eventstore.EventData, error) {
+	out := make([]eventstore.EventData, 0, len(events))
+	for _, e := range events {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return nil, fmt.Errorf("event id: %w", err)
+		}
+		data, err := json.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s: %w", e.EventType(), err)
+		}
+		md := eventstore.Metadata{
+			EventID: id, OccurredAt: now, ActorID: meta.ActorID, CorrelationID: meta.CorrelationID,
+			CausationID: meta.CausationID, RequestID: meta.RequestID, SchemaVersion: schema,
+		}
+		if md.CorrelationID == "" {
+			md.CorrelationID = id.String()
+		}
+		if md.ActorID == "" {
+			md.ActorID = System
+		}
+		mdb, err := json.Marshal(md)
+		if err != nil {
+			return nil, fmt.Errorf("encode metadata: %w", err)
+		}
+		out = append(out, eventstore.EventData{ID: id, Type: e.EventType(), Data: data, Metadata: mdb})
+	}
+	return out, nil
+}
+
+// loadedUser is a user folded from its stream, with the version read.
+type loadedUser struct {
+	state   user.State
+	version int64
+}
+
+func (h *Handler) loadUser(ctx context.Context, id uuid.UUID) (loadedUser, error) {
+	return h.loadUserUntil(ctx, id, time.Time{})
+}
+
+// loadUserUntil folds a user's stream; a non-zero until keeps only events
+// that occurred at or before it.
+func (h *Handler) loadUserUntil(ctx context.Context, id uuid.UUID, until time.Time) (loadedUser, error) {
+	recs, err := h.store.ReadStream(ctx, UserStream(id), 0)
+	if err != nil {
+		return loadedUser{}, fmt.Errorf("read %s: %w", UserStream(id), err)
+	}
+	lu := loadedUser{version: eventstore.NoStream}
+	for _, r := range recs {
+		md, err := decodeMeta(r)
+		if err != nil {
+			return loadedUser{}, err
+		}
+		if !until.IsZero() && md.OccurredAt.After(until) {
+			break
+		}
+		e, err := user.Decode(r.Type, md.SchemaVersion, r.Data)
+		if err != nil {
+			return loadedUser{}, fmt.Errorf("stream %s version %d: %w", r.Stream, r.Version, err)
+		}
+		lu.state = user.Evolve(lu.state, e)
+		lu.version = r.Version
+	}
+	return lu, nil
+}
+
+func decodeMeta(r eventstore.RecordedEvent) (eventstore.Metadata, error) {
+	var md eventstore.Metadata
+	if len(r.Metadata) == 0 {
+		return md, nil
+	}
+	if err := json.Unmarshal(r.Metadata, &md); err != nil {
+		return md, fmt.Errorf("stream %s version %d: metadata: %w", r.Stream, r.Version, err)
+	}
+	return md, nil
+}
+
+// loadClaim folds an address's claim stream.
+func (h *Handler) loadClaim(ctx context.Context, normalized string) (owner uuid.UUID, version int64, err error) {
+	stream := email.Stream(normalized)
+	recs, err := h.store.ReadStream(ctx, stream, 0)
+	if err != nil {
+		return uuid.Nil, 0, fmt.Errorf("read claim: %w", err)
+	}
+	events := make([]email.Event, 0, len(recs))
+	version = eventstore.NoStream
+	for _, r := range recs {
+		e, err := email.Decode(r.Type, r.Data)
+		if err != nil {
+			return uuid.Nil, 0, err
+		}
+		events = append(events, e)
+		version = r.Version
+	}
+	return email.Owner(events), version, nil
+}
+
+func (h *Handler) loadSession(ctx context.Context, id uuid.UUID) (session.State, int64, error) {
+	recs, err := h.store.ReadStream(ctx, SessionStream(id), 0)
+	if err != nil {
+		return session.State{}, 0, fmt.Errorf("read %s: %w", SessionStream(id), err)
+	}
+	var s session.State
+	version := eventstore.NoStream
+	for _, r := range recs {
+		md, err := decodeMeta(r)
+		if err != nil {
+			return session.State{}, 0, err
+		}
+		e, err := session.Decode(r.Type, md.SchemaVersion, r.Data)
+		if err != nil {
+			return session.State{}, 0, fmt.Errorf("stream %s version %d: %w", r.Stream, r.Version, err)
+		}
+		s = session.Evolve(s, e)
+		version = r.Version
+	}
+	return s, version, nil
+}
+
+// change is what one attempt at a user command decided.
+type change struct {
+	events []user.Event
+	extra  []eventstore.AppendRequest // other streams written in the same atomic append
+}
+
+// execUser is the one code path of every user command: load, decide, append
+// with the expected version read, retry on conflict. ifMatch, when not nil,
+// makes the command conditional on the stream version and disables retries.
+func (h *Handler) execUser(ctx context.Context, meta Meta, id uuid.UUID, ifMatch *int64,
+	decide func(lu loadedUser, now time.Time) (change, error)) (Result, error) {
+	return h.retry(ctx, func() (Result, error) {
+		lu, err := h.loadUser(ctx, id)
+		if err != nil {
+			return Result{}, err
+		}
+		if ifMatch != nil && *ifMatch != lu.version {
+			if !lu.state.Exists {
+				return Result{}, user.ErrNotFound
+			}
+			return Result{}, ErrPreconditionFailed
+		}
+		now := h.now()
+		ch, err := decide(lu, now)
+		if err != nil {
+			return Result{}, err
+		}
+		if len(ch.events) == 0 {
+			return Result{UserID: id, Version: lu.version}, nil
+		}
+		data, err := encode(meta, now, user.SchemaVersion, ch.events)
+		if err != nil {
+			return Result{}, err
+		}
+		reqs := append([]eventstore.AppendRequest{{Stream: UserStream(id), Expected: lu.version, Events: data}}, ch.extra...)
+		res, err := h.store.Append(ctx, reqs...)
+		if err != nil {
+			if ifMatch != nil && errors.Is(err, eventstore.ErrWrongVersion) {
+				return Result{}, ErrPreconditionFailed
+			}
+			return Result{}, fmt.Errorf("append %s: %w", UserStream(id), err)
+		}
+		return Result{UserID: id, Position: res.Position, Version: res.Versions[0], Appended: len(data)}, nil
+	})
+}
+
+// decideUser adapts user.Decide to execUser.
+func decideUser(c user.Command) func(loadedUser, time.Time) (change, error) {
+	return func(lu loadedUser, now time.Time) (change, error) {
+		evs, err := user.Decide(lu.state, c, now)
+		return change{events: evs}, err
+	}
+}
+
+// claimRequest builds the append that takes or frees an address in the same
+// atomic write as the user event.
+func claimRequest(meta Meta, now time.Time, normalized string, version int64, ev email.Event) (eventstore.AppendRequest, error) {
+	data, err := encode(meta, now, 1, []email.Event{ev})
+	if err != nil {
+		return eventstore.AppendRequest{}, err
+	}
+	return eventstore.AppendRequest{Stream: email.Stream(normalized), Expected: version, Events: data}, nil
+}

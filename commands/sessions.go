@@ -1,0 +1,257 @@
+package commands
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"time"
+
+	"evident/domain/session"
+	"evident/domain/user"
+	"evident/eventstore"
+
+	"github.com/google/uuid"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// NewSession is a fresh login: the only time its token is seen raw.
+type NewSession struct {
+	Token     string
+	SessionID uuid.UUID
+	UserID    uuid.UUID
+	ExpiresAt time.Time
+	Position  eventstore.Position
+}
+
+// dummyHash is compared against when no user matches, so that a login for an
+// unknown address costs as much time as one with a wrong password.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("evident-no-such-user"), bcrypt.DefaultCost)
+
+// Login checks an e-mail/password pair against the write side and opens a
+// session. Unknown address, wrong password and missing password are the same
+// ErrInvalidCredentials; a right password for a user who is not active is
+// user.ErrNotActive.
+func (h *Handler) Login(ctx context.Context, meta Meta, emailAddr, password string) (NewSession, error) {
+	addr, err := user.NormalizeEmail(emailAddr)
+	if err != nil {
+		return NewSession{}, ErrInvalidCredentials
+	}
+	owner, _, err := h.loadClaim(ctx, addr)
+	if err != nil {
+		return NewSession{}, err
+	}
+	var lu loadedUser
+	if owner != uuid.Nil {
+		if lu, err = h.loadUser(ctx, owner); err != nil {
+			return NewSession{}, err
+		}
+	}
+	hash := dummyHash
+	if lu.state.Exists && lu.state.CredentialID != nil {
+		stored, err := h.creds.Credential(ctx, *lu.state.CredentialID)
+		if err != nil {
+			return NewSession{}, fmt.Errorf("load credential: %w", err)
+		}
+		hash = []byte(stored)
+	}
+	match := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	if !match || !lu.state.Exists || lu.state.CredentialID == nil {
+		return NewSession{}, ErrInvalidCredentials
+	}
+	if lu.state.Status != user.StatusActive {
+		return NewSession{}, user.ErrNotActive
+	}
+	sid := uuid.New()
+	token, tokenHash, err := newToken(sessionPrefix, sid)
+	if err != nil {
+		return NewSession{}, err
+	}
+	now := h.now()
+	expires := now.Add(h.opts.SessionDuration).Truncate(time.Microsecond)
+	evs, err := session.Decide(session.State{}, session.Login{SessionID: sid, UserID: owner, TokenHash: tokenHash, ExpiresAt: expires}, now)
+	if err != nil {
+		return NewSession{}, err
+	}
+	if meta.ActorID == "" {
+		meta.ActorID = owner.String()
+	}
+	data, err := encode(meta, now, session.SchemaVersion, evs)
+	if err != nil {
+		return NewSession{}, err
+	}
+	res, err := h.store.Append(ctx, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: eventstore.NoStream, Events: data})
+	if err != nil {
+		return NewSession{}, fmt.Errorf("append %s: %w", SessionStream(sid), err)
+	}
+	return NewSession{Token: token, SessionID: sid, UserID: owner, ExpiresAt: expires, Position: res.Position}, nil
+}
+
+// Principal is who a valid bearer token speaks for.
+type Principal struct {
+	UserID    uuid.UUID
+	SessionID uuid.UUID
+	Roles     []string
+}
+
+// HasRole reports whether the principal holds role.
+func (p Principal) HasRole(role string) bool {
+	for _, r := range p.Roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
+
+// Authenticate checks a session token against the write side: the session's
+// own stream (open, unexpired, hash matches) and its user's stream (active).
+// It never consults a read model, so a revocation, logout or deactivation
+// that has been answered is in force at once.
+func (h *Handler) Authenticate(ctx context.Context, token string) (Principal, error) {
+	sid, hash, ok := parseToken(sessionPrefix, token)
+	if !ok {
+		return Principal{}, ErrUnauthenticated
+	}
+	s, _, err := h.loadSession(ctx, sid)
+	if err != nil {
+		return Principal{}, err
+	}
+	if !s.Valid(h.now()) || subtle.ConstantTimeCompare([]byte(s.TokenHash), []byte(hash)) != 1 {
+		return Principal{}, ErrUnauthenticated
+	}
+	lu, err := h.loadUser(ctx, s.UserID)
+	if err != nil {
+		return Principal{}, err
+	}
+	if !lu.state.Exists || lu.state.Status != user.StatusActive {
+		return Principal{}, ErrUnauthenticated
+	}
+	return Principal{UserID: s.UserID, SessionID: sid, Roles: lu.state.Roles}, nil
+}
+
+// SessionOwner returns the user a session belongs to.
+func (h *Handler) SessionOwner(ctx context.Context, sid uuid.UUID) (uuid.UUID, error) {
+	s, _, err := h.loadSession(ctx, sid)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	if !s.Exists {
+		return uuid.Nil, ErrSessionNotFound
+	}
+	return s.UserID, nil
+}
+
+// Logout closes a session at its holder's request.
+func (h *Handler) Logout(ctx context.Context, meta Meta, sid uuid.UUID) (Result, error) {
+	return h.execSession(ctx, meta, sid, session.Logout{})
+}
+
+// RevokeSession closes a session by someone else's decision.
+func (h *Handler) RevokeSession(ctx context.Context, meta Meta, sid uuid.UUID, reason string) (Result, error) {
+	if reason == "" {
+		reason = session.ReasonRevoked
+	}
+	if err := user.ValidateReason(reason); err != nil {
+		return Result{}, err
+	}
+	return h.execSession(ctx, meta, sid, session.Revoke{Reason: reason, By: meta.ActorID})
+}
+
+// ExpireSession records that a session outlived its expiry.
+func (h *Handler) ExpireSession(ctx context.Context, meta Meta, sid uuid.UUID) (Result, error) {
+	return h.execSession(ctx, meta, sid, session.Expire{})
+}
+
+func (h *Handler) execSession(ctx context.Context, meta Meta, sid uuid.UUID, c session.Command) (Result, error) {
+	return h.retry(ctx, func() (Result, error) {
+		s, version, err := h.loadSession(ctx, sid)
+		if err != nil {
+			return Result{}, err
+		}
+		now := h.now()
+		evs, err := session.Decide(s, c, now)
+		if errors.Is(err, session.ErrNotFound) {
+			return Result{}, ErrSessionNotFound
+		}
+		if err != nil {
+			return Result{}, err
+		}
+		if len(evs) == 0 {
+			return Result{UserID: s.UserID, Version: version}, nil
+		}
+		data, err := encode(meta, now, session.SchemaVersion, evs)
+		if err != nil {
+			return Result{}, err
+		}
+		res, err := h.store.Append(ctx, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: version, Events: data})
+		if err != nil {
+			return Result{}, fmt.Errorf("append %s: %w", SessionStream(sid), err)
+		}
+		return Result{UserID: s.UserID, Position: res.Position, Version: res.Versions[0], Appended: len(data)}, nil
+	})
+}
+
+// RevokeUserSessions revokes every open session of a user, in appends of at
+// most RevokeBatch sessions each so no single write outgrows the store. It
+// first lets the sessions read model catch up to after (bounded), so that
+// every login before the triggering event is seen; a login that lands later
+// is caught by the cleanup workflow. Sessions closed meanwhile are skipped.
+// It returns the position of the last revocation written.
+func (h *Handler) RevokeUserSessions(ctx context.Context, meta Meta, userID uuid.UUID, after eventstore.Position, reason string) (eventstore.Position, error) {
+	if h.sessions == nil {
+		return eventstore.Position{}, nil
+	}
+	if h.waiter != nil {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := h.waiter.WaitFor(wctx, after)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return eventstore.Position{}, ctx.Err()
+		}
+	}
+	ids, err := h.sessions.OpenSessionIDs(ctx, userID)
+	if err != nil {
+		return eventstore.Position{}, fmt.Errorf("list open sessions: %w", err)
+	}
+	var last eventstore.Position
+	for start := 0; start < len(ids); start += h.opts.RevokeBatch {
+		batch := ids[start:min(start+h.opts.RevokeBatch, len(ids))]
+		res, err := h.retry(ctx, func() (Result, error) { return h.revokeBatch(ctx, meta, batch, reason) })
+		if err != nil {
+			return last, err
+		}
+		if last.Less(res.Position) {
+			last = res.Position
+		}
+	}
+	return last, nil
+}
+
+func (h *Handler) revokeBatch(ctx context.Context, meta Meta, ids []uuid.UUID, reason string) (Result, error) {
+	now := h.now()
+	reqs := make([]eventstore.AppendRequest, 0, len(ids))
+	for _, sid := range ids {
+		s, version, err := h.loadSession(ctx, sid)
+		if err != nil {
+			return Result{}, err
+		}
+		evs, err := session.Decide(s, session.Revoke{Reason: reason, By: meta.ActorID}, now)
+		if err != nil || len(evs) == 0 {
+			continue // unknown or already closed: nothing to revoke
+		}
+		data, err := encode(meta, now, session.SchemaVersion, evs)
+		if err != nil {
+			return Result{}, err
+		}
+		reqs = append(reqs, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: version, Events: data})
+	}
+	if len(reqs) == 0 {
+		return Result{}, nil
+	}
+	res, err := h.store.Append(ctx, reqs...)
+	if err != nil {
+		return Result{}, fmt.Errorf("append revocations: %w", err)
+	}
+	return Result{Position: res.Position, Appended: len(reqs)}, nil
+}

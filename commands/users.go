@@ -1,0 +1,335 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"evident/domain/email"
+	"evident/domain/session"
+	"evident/domain/user"
+	"evident/eventstore"
+
+	"github.com/google/uuid"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// RegisterInput is a registration as a client sends it.
+type RegisterInput struct {
+	Email    string
+	Name     string
+	Password string // optional
+	Roles    []string
+}
+
+// Register creates a user and claims its address in one atomic append; of
+// racing registrations for one address exactly one wins.
+func (h *Handler) Register(ctx context.Context, meta Meta, in RegisterInput) (Result, error) {
+	addr, err := user.NormalizeEmail(in.Email)
+	if err != nil {
+		return Result{}, err
+	}
+	name, err := user.NormalizeName(in.Name)
+	if err != nil {
+		return Result{}, err
+	}
+	roles, err := user.NormalizeRoles(in.Roles)
+	if err != nil {
+		return Result{}, err
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return Result{}, err
+	}
+	credID, err := h.storePassword(ctx, id, in.Password, in.Password != "")
+	if err != nil {
+		return Result{}, err
+	}
+	if meta.ActorID == "" {
+		meta.ActorID = Anonymous
+	}
+	cmd := user.Register{UserID: id, Email: addr, Name: name, Roles: roles, CredentialID: credID}
+	return h.execUser(ctx, meta, id, nil, func(lu loadedUser, now time.Time) (change, error) {
+		owner, version, err := h.loadClaim(ctx, addr)
+		if err != nil {
+			return change{}, err
+		}
+		claim, err := email.Claim(owner, id)
+		if err != nil {
+			return change{}, ErrEmailTaken
+		}
+		evs, err := user.Decide(lu.state, cmd, now)
+		if err != nil {
+			return change{}, err
+		}
+		req, err := claimRequest(meta, now, addr, version, claim[0])
+		return change{events: evs, extra: []eventstore.AppendRequest{req}}, err
+	})
+}
+
+// storePassword hashes a password into the credential store and returns the
+// id the log will name. The row is written before the event that refers to
+// it: if the append fails, an unreferenced row is left, never a dangling reference.
+func (h *Handler) storePassword(ctx context.Context, userID uuid.UUID, password string, given bool) (*uuid.UUID, error) {
+	if !given {
+		return nil, nil
+	}
+	if n := utf8.RuneCountInString(password); n < 8 || len(password) > 72 {
+		return nil, &user.ValidationError{Field: "password", Reason: "must be 8 to 72 bytes long"}
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), h.cost())
+	if err != nil {
+		return nil, fmt.Errorf("hash password: %w", err)
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, err
+	}
+	if err := h.creds.PutCredential(ctx, id, userID, string(hash)); err != nil {
+		return nil, fmt.Errorf("store credential: %w", err)
+	}
+	return &id, nil
+}
+
+func (h *Handler) cost() int {
+	if h.opts.PasswordCost == 0 {
+		return bcrypt.DefaultCost
+	}
+	return h.opts.PasswordCost
+}
+
+// UpdateInput changes a profile; nil fields stay as they are.
+type UpdateInput struct {
+	Email    *string
+	Name     *string
+	Roles    []string
+	Password *string
+}
+
+// Update changes a user's profile. A new address is claimed and the old one
+// released in the same atomic append.
+func (h *Handler) Update(ctx context.Context, meta Meta, id uuid.UUID, in UpdateInput, ifMatch *int64) (Result, error) {
+	cmd := user.Update{By: meta.ActorID}
+	if in.Email != nil {
+		addr, err := user.NormalizeEmail(*in.Email)
+		if err != nil {
+			return Result{}, err
+		}
+		cmd.Email = &addr
+	}
+	if in.Name != nil {
+		name, err := user.NormalizeName(*in.Name)
+		if err != nil {
+			return Result{}, err
+		}
+		cmd.Name = &name
+	}
+	if in.Roles != nil {
+		roles, err := user.NormalizeRoles(in.Roles)
+		if err != nil {
+			return Result{}, err
+		}
+		cmd.Roles = roles
+	}
+	if in.Password != nil {
+		credID, err := h.storePassword(ctx, id, *in.Password, true)
+		if err != nil {
+			return Result{}, err
+		}
+		cmd.CredentialID = credID
+	}
+	return h.execUser(ctx, meta, id, ifMatch, func(lu loadedUser, now time.Time) (change, error) {
+		evs, err := user.Decide(lu.state, cmd, now)
+		if err != nil || len(evs) == 0 {
+			return change{events: evs}, err
+		}
+		ch := change{events: evs}
+		if up := evs[0].(user.Updated); up.Email != nil {
+			owner, version, err := h.loadClaim(ctx, *up.Email)
+			if err != nil {
+				return change{}, err
+			}
+			claim, err := email.Claim(owner, id)
+			if err != nil {
+				return change{}, ErrEmailTaken
+			}
+			take, err := claimRequest(meta, now, *up.Email, version, claim[0])
+			if err != nil {
+				return change{}, err
+			}
+			release, err := h.releaseRequest(ctx, meta, now, lu.state)
+			if err != nil {
+				return change{}, err
+			}
+			ch.extra = append(ch.extra, take)
+			ch.extra = append(ch.extra, release...)
+		}
+		return ch, nil
+	})
+}
+
+// releaseRequest frees the address a user holds, if it still holds it.
+func (h *Handler) releaseRequest(ctx context.Context, meta Meta, now time.Time, s user.State) ([]eventstore.AppendRequest, error) {
+	owner, version, err := h.loadClaim(ctx, s.Email)
+	if err != nil {
+		return nil, err
+	}
+	if owner != s.ID {
+		return nil, nil
+	}
+	req, err := claimRequest(meta, now, s.Email, version, email.Released{UserID: s.ID})
+	if err != nil {
+		return nil, err
+	}
+	return []eventstore.AppendRequest{req}, nil
+}
+
+// ActivationToken is a freshly issued token: the only time it is seen raw.
+type ActivationToken struct {
+	Token     string
+	ExpiresAt time.Time
+	Result
+}
+
+// RequestActivation issues a new activation token; earlier unused ones stop working.
+func (h *Handler) RequestActivation(ctx context.Context, meta Meta, id uuid.UUID, ifMatch *int64) (ActivationToken, error) {
+	tok, hash, err := newToken(activationPrefix, id)
+	if err != nil {
+		return ActivationToken{}, err
+	}
+	expires := h.now().Add(h.opts.ActivationTokenDuration).Truncate(time.Microsecond)
+	res, err := h.execUser(ctx, meta, id, ifMatch, decideUser(user.RequestActivation{TokenHash: hash, ExpiresAt: expires, By: meta.ActorID}))
+	if err != nil {
+		return ActivationToken{}, err
+	}
+	return ActivationToken{Token: tok, ExpiresAt: expires, Result: res}, nil
+}
+
+// ActivateWithToken redeems an activation token, optionally setting a password.
+func (h *Handler) ActivateWithToken(ctx context.Context, meta Meta, token string, password *string) (Result, error) {
+	id, hash, ok := parseToken(activationPrefix, token)
+	if !ok {
+		return Result{}, user.ErrInvalidToken
+	}
+	var credID *uuid.UUID
+	if password != nil {
+		// Check the token before hashing a password for it.
+		lu, err := h.loadUser(ctx, id)
+		if err != nil {
+			return Result{}, err
+		}
+		if _, err := user.Decide(lu.state, user.Activate{Method: user.MethodToken, TokenHash: hash}, h.now()); err != nil {
+			return Result{}, tokenError(err)
+		}
+		if credID, err = h.storePassword(ctx, id, *password, true); err != nil {
+			return Result{}, err
+		}
+	}
+	if meta.ActorID == "" {
+		meta.ActorID = id.String()
+	}
+	res, err := h.execUser(ctx, meta, id, nil, decideUser(user.Activate{Method: user.MethodToken, TokenHash: hash, CredentialID: credID, By: meta.ActorID}))
+	return res, tokenError(err)
+}
+
+// tokenError hides whether a user exists behind a token that does not verify.
+func tokenError(err error) error {
+	if errors.Is(err, user.ErrNotFound) {
+		return user.ErrInvalidToken
+	}
+	return err
+}
+
+// Activate activates a user by an admin or by the auto-activation workflow.
+func (h *Handler) Activate(ctx context.Context, meta Meta, id uuid.UUID, method string, ifMatch *int64) (Result, error) {
+	return h.execUser(ctx, meta, id, ifMatch, decideUser(user.Activate{Method: method, By: meta.ActorID}))
+}
+
+// Deactivate makes a user inactive and revokes its sessions.
+func (h *Handler) Deactivate(ctx context.Context, meta Meta, id uuid.UUID, reason string, ifMatch *int64) (Result, error) {
+	if err := user.ValidateReason(reason); err != nil {
+		return Result{}, err
+	}
+	res, err := h.execUser(ctx, meta, id, ifMatch, decideUser(user.Deactivate{By: meta.ActorID, Reason: reason}))
+	return h.endSessions(ctx, meta, res, err, session.ReasonUserDeactivated)
+}
+
+// Suspend suspends a user and revokes its sessions.
+func (h *Handler) Suspend(ctx context.Context, meta Meta, id uuid.UUID, reason string, ifMatch *int64) (Result, error) {
+	if err := user.ValidateReason(reason); err != nil {
+		return Result{}, err
+	}
+	res, err := h.execUser(ctx, meta, id, ifMatch, decideUser(user.Suspend{By: meta.ActorID, Reason: reason}))
+	return h.endSessions(ctx, meta, res, err, session.ReasonUserSuspended)
+}
+
+// Delete ends a user for good, frees its address and revokes its sessions.
+func (h *Handler) Delete(ctx context.Context, meta Meta, id uuid.UUID, reason string, ifMatch *int64) (Result, error) {
+	if err := user.ValidateReason(reason); err != nil {
+		return Result{}, err
+	}
+	res, err := h.execUser(ctx, meta, id, ifMatch, func(lu loadedUser, now time.Time) (change, error) {
+		evs, err := user.Decide(lu.state, user.Delete{By: meta.ActorID, Reason: reason}, now)
+		if err != nil {
+			return change{}, err
+		}
+		release, err := h.releaseRequest(ctx, meta, now, lu.state)
+		return change{events: evs, extra: release}, err
+	})
+	return h.endSessions(ctx, meta, res, err, session.ReasonUserDeleted)
+}
+
+// endSessions revokes a user's open sessions right after the command that
+// ends them, so the answer to the command already shows them closed. Tokens
+// are refused from the moment the user event is stored whatever happens here
+// (Authenticate checks the user), and the cleanup workflow finishes anything
+// left undone, so a failure here is logged, not returned.
+func (h *Handler) endSessions(ctx context.Context, meta Meta, res Result, err error, reason string) (Result, error) {
+	if err != nil || res.Appended == 0 {
+		return res, err
+	}
+	pos, rerr := h.RevokeUserSessions(ctx, meta, res.UserID, res.Position, reason)
+	if rerr != nil {
+		h.log.WarnContext(ctx, "revoke sessions after user command", "stream", UserStream(res.UserID), "err", rerr)
+		return res, nil
+	}
+	if res.Position.Less(pos) {
+		res.Position = pos
+	}
+	return res, nil
+}
+
+// ExpireActivationToken records that a pending token passed its expiry.
+func (h *Handler) ExpireActivationToken(ctx context.Context, meta Meta, id uuid.UUID, tokenHash string) (Result, error) {
+	return h.execUser(ctx, meta, id, nil, decideUser(user.ExpireToken{TokenHash: tokenHash}))
+}
+
+// UserState folds a user's stream, up to time at when it is not zero.
+func (h *Handler) UserState(ctx context.Context, id uuid.UUID, at time.Time) (user.State, int64, error) {
+	lu, err := h.loadUserUntil(ctx, id, at)
+	if err != nil {
+		return user.State{}, 0, err
+	}
+	if !lu.state.Exists {
+		return user.State{}, lu.version, user.ErrNotFound
+	}
+	return lu.state, lu.version, nil
+}
+
+// EmailOwner returns the user holding an address, or user.ErrNotFound.
+func (h *Handler) EmailOwner(ctx context.Context, address string) (uuid.UUID, error) {
+	addr, err := user.NormalizeEmail(address)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	owner, _, err := h.loadClaim(ctx, addr)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	if owner == uuid.Nil {
+		return uuid.Nil, user.ErrNotFound
+	}
+	return owner, nil
+}

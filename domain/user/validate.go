@@ -1,0 +1,93 @@
+package user
+
+import (
+	"net/mail"
+	"slices"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Roles a user can hold.
+const (
+	RoleAdmin   = "admin"
+	RoleAuditor = "auditor"
+	RoleMember  = "member"
+)
+
+var knownRoles = []string{RoleAdmin, RoleAuditor, RoleMember}
+
+// NormalizeEmail trims and lower-cases an address and checks that it is a bare
+// address (no display name). Two addresses that normalise alike are the same user.
+func NormalizeEmail(raw string) (string, error) {
+	s := strings.ToLower(strings.TrimSpace(raw))
+	if s == "" {
+		return "", &ValidationError{Field: "email", Reason: "is required"}
+	}
+	if len(s) > 254 {
+		return "", &ValidationError{Field: "email", Reason: "is longer than 254 characters"}
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Address != s || a.Name != "" {
+		return "", &ValidationError{Field: "email", Reason: "is not a valid address"}
+	}
+	local, domain, _ := strings.Cut(s, "@")
+	if local == "" || !strings.Contains(domain, ".") || strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") {
+		return "", &ValidationError{Field: "email", Reason: "is not a valid address"}
+	}
+	return s, nil
+}
+
+// NormalizeName trims a display name and checks its length.
+func NormalizeName(raw string) (string, error) {
+	s := strings.TrimSpace(raw)
+	switch {
+	case s == "":
+		return "", &ValidationError{Field: "name", Reason: "is required"}
+	case !utf8.ValidString(s):
+		return "", &ValidationError{Field: "name", Reason: "is not valid UTF-8"}
+	case utf8.RuneCountInString(s) > 200:
+		return "", &ValidationError{Field: "name", Reason: "is longer than 200 characters"}
+	case strings.ContainsFunc(s, unicode.IsControl): // C0, DEL and C1
+		return "", &ValidationError{Field: "name", Reason: "contains control characters"}
+	}
+	return s, nil
+}
+
+// NormalizeRoles checks roles, removes duplicates and sorts them; none means member.
+func NormalizeRoles(raw []string) ([]string, error) {
+	if len(raw) == 0 {
+		return []string{RoleMember}, nil
+	}
+	out := make([]string, 0, len(raw))
+	for _, r := range raw {
+		if !slices.Contains(knownRoles, r) {
+			return nil, &ValidationError{Field: "roles", Reason: "unknown role " + quote(r)}
+		}
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// ValidateReason checks a free-text reason.
+func ValidateReason(s string) error {
+	if utf8.RuneCountInString(s) > 500 || !utf8.ValidString(s) {
+		return &ValidationError{Field: "reason", Reason: "must be valid UTF-8 of at most 500 characters"}
+	}
+	return nil
+}
+
+func quote(s string) string {
+	if len(s) > 40 {
+		// Cut on a rune boundary: the reason ends up in JSON problem details.
+		n := 40
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n] + "…"
+	}
+	return "\"" + s + "\""
+}

@@ -1,0 +1,165 @@
+package user_test
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"evident/domain/user"
+)
+
+// wantInvalid checks err is a *ValidationError on field.
+func wantInvalid(t *testing.T, in any, err error, field string) {
+	t.Helper()
+	var ve *user.ValidationError
+	if !errors.As(err, &ve) {
+		t.Errorf("%q: error %v, want a *ValidationError", in, err)
+		return
+	}
+	if ve.Field != field {
+		t.Errorf("%q: field %q, want %q", in, ve.Field, field)
+	}
+	if !utf8.ValidString(ve.Error()) {
+		t.Errorf("%q: error message is not valid UTF-8: %q", in, ve.Error())
+	}
+}
+
+func TestNormalizeEmail(t *testing.T) {
+	t.Parallel()
+	// 64 + 1 + 189 = 254 characters, the longest address allowed.
+	longest := strings.Repeat("a", 64) + "@" + strings.Repeat("b", 60) + "." + strings.Repeat("c", 60) + "." + strings.Repeat("d", 63) + ".com"
+	if len(longest) != 254 {
+		t.Fatalf("fixture is %d characters", len(longest))
+	}
+	valid := map[string]string{
+		"ann@example.com":              "ann@example.com",
+		"Ann@Example.COM":              "ann@example.com",
+		"  ann@example.com\t\n":        "ann@example.com",
+		" ANN.B+tag@Mail.Example.org ": "ann.b+tag@mail.example.org",
+		longest:                        longest,
+		strings.ToUpper(longest):       longest,
+	}
+	for in, want := range valid {
+		got, err := user.NormalizeEmail(in)
+		if err != nil || got != want {
+			t.Errorf("NormalizeEmail(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	invalid := []string{
+		"",
+		"   ",
+		"ann",
+		"ann@",
+		"@example.com",
+		"ann@localhost",
+		"ann@example",
+		"ann@example.",
+		"ann@.example.com",
+		"ann@@example.com",
+		"ann @example.com",
+		"ann@exa mple.com",
+		"Ann <ann@example.com>",
+		"<ann@example.com>",
+		`"Ann" <ann@example.com>`,
+		"ann@example.com (Ann)",
+		"ann@example.com, bob@example.com",
+		`"ann b"@example.com`,
+		"a" + longest, // 255
+		strings.Repeat("x", 300) + "@example.com",
+	}
+	for _, in := range invalid {
+		got, err := user.NormalizeEmail(in)
+		if got != "" {
+			t.Errorf("NormalizeEmail(%q) = %q, want nothing", in, got)
+		}
+		wantInvalid(t, in, err, "email")
+	}
+}
+
+func TestNormalizeName(t *testing.T) {
+	t.Parallel()
+	valid := map[string]string{
+		"Ann":                                "Ann",
+		"  Ann Bell \t":                      "Ann Bell",
+		"Zoë Ångström":                       "Zoë Ångström",
+		"李小龙":                                "李小龙",
+		strings.Repeat("é", 200):             strings.Repeat("é", 200),
+		" " + strings.Repeat("n", 200) + " ": strings.Repeat("n", 200),
+	}
+	for in, want := range valid {
+		got, err := user.NormalizeName(in)
+		if err != nil || got != want {
+			t.Errorf("NormalizeName(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	invalid := []string{
+		"",
+		" \t\n ",
+		strings.Repeat("é", 201),
+		"Ann\x00Bell",
+		"Ann\tBell",
+		"Ann\nBell",
+		"Ann\x7fBell",
+		"Ann\u0085Bell", // NEL, a C1 control
+		"Ann\u009bBell", // CSI, a C1 control
+		"Ann\xffBell",   // not UTF-8
+	}
+	for _, in := range invalid {
+		got, err := user.NormalizeName(in)
+		if got != "" {
+			t.Errorf("NormalizeName(%q) = %q, want nothing", in, got)
+		}
+		wantInvalid(t, in, err, "name")
+	}
+}
+
+func TestNormalizeRoles(t *testing.T) {
+	t.Parallel()
+	valid := []struct{ in, want []string }{
+		{nil, []string{"member"}},
+		{[]string{}, []string{"member"}},
+		{[]string{"member"}, []string{"member"}},
+		{[]string{"member", "admin"}, []string{"admin", "member"}},
+		{[]string{"auditor", "admin", "auditor", "admin"}, []string{"admin", "auditor"}},
+		{[]string{"member", "auditor", "admin", "member"}, []string{"admin", "auditor", "member"}},
+	}
+	for _, tc := range valid {
+		in := append([]string(nil), tc.in...)
+		got, err := user.NormalizeRoles(tc.in)
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("NormalizeRoles(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		if !reflect.DeepEqual(in, append([]string(nil), tc.in...)) {
+			t.Errorf("NormalizeRoles changed its input to %q", tc.in)
+		}
+	}
+	invalid := [][]string{
+		{"root"},
+		{"admin", "root"},
+		{"Admin"},
+		{" member"},
+		{""},
+		{"a" + strings.Repeat("é", 30)}, // the quoted role in the reason must stay valid UTF-8
+	}
+	for _, in := range invalid {
+		got, err := user.NormalizeRoles(in)
+		if got != nil {
+			t.Errorf("NormalizeRoles(%q) = %q, want nil", in, got)
+		}
+		wantInvalid(t, in, err, "roles")
+	}
+}
+
+func TestValidateReason(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{"", "left the company", strings.Repeat("é", 500)} {
+		if err := user.ValidateReason(ok); err != nil {
+			t.Errorf("ValidateReason(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{strings.Repeat("a", 501), "bad \xff"} {
+		wantInvalid(t, bad, user.ValidateReason(bad), "reason")
+	}
+}

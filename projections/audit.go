@@ -1,0 +1,106 @@
+package projections
+
+import (
+	"evident/domain/session"
+	"evident/domain/user"
+	"evident/eventstore"
+	"evident/readmodels"
+
+	"github.com/google/uuid"
+)
+
+// Actions of the audit trail per event type (DESIGN §2).
+var actions = map[string]string{
+	user.TypeCreated:                "user_created",
+	user.TypeUpdated:                "user_updated",
+	user.TypeActivationRequested:    "user_activation_requested",
+	user.TypeActivated:              "user_activated",
+	user.TypeDeactivated:            "user_deactivated",
+	user.TypeStatusChanged:          "user_status_changed",
+	user.TypeActivationTokenExpired: "activation_token_expired",
+	user.TypeDeleted:                "user_deleted",
+	session.TypeLoggedIn:            "user_logged_in",
+	session.TypeLoggedOut:           "user_logged_out",
+	session.TypeExpired:             "session_expired",
+	session.TypeRevoked:             "session_revoked",
+}
+
+// Action returns the audit action of an event type, or "" when the type is
+// not audited.
+func Action(eventType string) string { return actions[eventType] }
+
+type auditProjection struct{}
+
+// Audit writes one audit row per user.* and auth.* event: the event's data
+// as details, its metadata, actor and occurred_at, and its position. The
+// email.* claim events are skipped: they are an internal guard of e-mail
+// uniqueness, appended with the user event that already tells the story.
+//
+// The aggregate (and resource) id is taken from the event's own data
+// (user_id, or session_id for auth.*), which is the id in its stream's name;
+// stream names are not parsed.
+func Audit() Projection { return auditProjection{} }
+
+func (auditProjection) Name() string     { return NameAudit }
+func (auditProjection) Tables() []string { return []string{"audit"} }
+
+func (auditProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	action, ok := actions[ev.Type]
+	if !ok {
+		return nil
+	}
+	md, err := metadata(ev)
+	if err != nil {
+		return err
+	}
+	var (
+		aggType    string
+		aggID, uid uuid.UUID
+	)
+	if session.IsType(ev.Type) {
+		e, err := session.Decode(ev.Type, md.SchemaVersion, ev.Data)
+		if err != nil {
+			return err
+		}
+		aggType = "session"
+		aggID, uid = sessionIDs(e)
+	} else {
+		e, err := user.Decode(ev.Type, md.SchemaVersion, ev.Data)
+		if err != nil {
+			return err
+		}
+		aggType = "user"
+		aggID = userID(e)
+		uid = aggID
+	}
+	return tx.InsertAudit(readmodels.AuditRecord{
+		EventID:       ev.ID,
+		EventType:     ev.Type,
+		AggregateID:   aggID.String(),
+		AggregateType: aggType,
+		UserID:        &uid,
+		ActorID:       md.ActorID,
+		Action:        action,
+		Resource:      aggType,
+		ResourceID:    aggID.String(),
+		Details:       ev.Data,
+		OccurredAt:    occurredAt(ev, md),
+		Position:      ev.Position,
+		Metadata:      ev.Metadata,
+	})
+}
+
+// sessionIDs returns the session and the user a session event is about.
+func sessionIDs(e session.Event) (sessionID, userID uuid.UUID) {
+	switch e := e.(type) {
+	case session.LoggedIn:
+		return e.SessionID, e.UserID
+	case session.LoggedOut:
+		return e.SessionID, e.UserID
+	case session.Expired:
+		return e.SessionID, e.UserID
+	case session.Revoked:
+		return e.SessionID, e.UserID
+	}
+	return uuid.Nil, uuid.Nil
+}

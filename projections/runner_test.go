@@ -1,0 +1,457 @@
+package projections_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"evident/domain/session"
+	"evident/domain/user"
+	"evident/eventstore"
+	"evident/projections"
+	"evident/readmodels"
+)
+
+// flaky wraps a projection and fails the events fail says to fail.
+type flaky struct {
+	projections.Projection
+	fail  func(ev eventstore.RecordedEvent) error
+	calls atomic.Int64
+}
+
+func (f *flaky) Tables() []string { return f.Projection.(projections.Tabled).Tables() }
+
+func (f *flaky) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	f.calls.Add(1)
+	if err := f.fail(ev); err != nil {
+		return err
+	}
+	return f.Projection.Apply(tx, ev)
+}
+
+func auditCount(t *testing.T, e *env) int {
+	t.Helper()
+	return len(e.dump(t)["audit"])
+}
+
+func checkpoint(t *testing.T, e *env, name string) eventstore.Position {
+	t.Helper()
+	cp, err := e.rm.Checkpoint(context.Background(), name)
+	require.NoError(t, err)
+	return cp
+}
+
+func TestFirstEventIsProjected(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	r, _ := e.start(t, projections.All(), fast(5))
+	id := uuid.New()
+	pos := e.append(t, userStream(id), user.Created{UserID: id, Email: "first@example.org", Name: "First"})
+	require.Equal(t, eventstore.At(1), pos, "the first event of the log")
+	waitFor(t, r, pos)
+
+	_, err := e.rm.User(ctx, id)
+	require.NoError(t, err)
+	p, err := e.rm.Audit(ctx, readmodels.AuditFilter{})
+	require.NoError(t, err)
+	require.Len(t, p.Items, 1)
+	assert.Equal(t, eventstore.At(1), p.Items[0].Position)
+	for _, s := range r.Status() {
+		assert.Equal(t, eventstore.At(1), s.Position, s.Name)
+		assert.True(t, s.Running, s.Name)
+		assert.Empty(t, s.LastError, s.Name)
+	}
+}
+
+func TestWaitForWakesAndTimesOut(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r, _ := e.start(t, projections.All(), fast(5))
+
+	id := uuid.New()
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- r.WaitFor(ctx, eventstore.At(1))
+	}()
+	e.register(t, id, "wake@example.org")
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitFor did not wake")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	assert.ErrorIs(t, r.WaitFor(ctx, eventstore.At(1000)), context.DeadlineExceeded)
+}
+
+func TestFailingBatchMovesNeitherRowsNorCheckpoint(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var ids []uuid.UUID
+	for i := range 5 {
+		id := uuid.New()
+		ids = append(ids, id)
+		e.append(t, userStream(id), user.Created{UserID: id, Email: fmt.Sprintf("b%d@x.org", i), Name: "B"})
+	}
+	var broken atomic.Bool
+	broken.Store(true)
+	f := &flaky{Projection: projections.Audit(), fail: func(ev eventstore.RecordedEvent) error {
+		if broken.Load() && ev.Position == eventstore.At(4) {
+			return errors.New("not today")
+		}
+		return nil
+	}}
+	r, _ := e.start(t, []projections.Projection{f}, fast(1_000_000))
+	require.Eventually(t, func() bool { return f.calls.Load() > 20 }, 10*time.Second, time.Millisecond, "retried")
+
+	assert.Equal(t, 0, auditCount(t, e), "events 1-3 of the failing batch are not committed")
+	assert.True(t, checkpoint(t, e, "audit").IsZero())
+	st := r.Status()[0]
+	assert.Contains(t, st.LastError, "not today")
+	assert.True(t, st.Position.IsZero())
+
+	broken.Store(false)
+	waitFor(t, r, eventstore.At(5))
+	assert.Equal(t, 5, auditCount(t, e))
+	assert.Equal(t, eventstore.At(5), checkpoint(t, e, "audit"))
+	assert.Empty(t, r.Status()[0].LastError)
+	parked, err := e.rm.Parked(context.Background())
+	require.NoError(t, err)
+	assert.Empty(t, parked)
+}
+
+func TestPoisonEventIsParkedAndLaterEventsApply(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	var poison eventstore.RecordedEvent
+	for i := range 6 {
+		id := uuid.New()
+		e.append(t, userStream(id), user.Created{UserID: id, Email: fmt.Sprintf("p%d@x.org", i), Name: "P"})
+	}
+	poison = e.all(t)[2]
+	f := &flaky{Projection: projections.Audit(), fail: func(ev eventstore.RecordedEvent) error {
+		if ev.ID == poison.ID {
+			return errors.New("cannot digest")
+		}
+		return nil
+	}}
+	r, _ := e.start(t, []projections.Projection{f, projections.Users()}, fast(3))
+	waitFor(t, r, eventstore.At(6))
+
+	assert.Equal(t, 5, auditCount(t, e), "every event but the poison one")
+	assert.Equal(t, eventstore.At(6), checkpoint(t, e, "audit"))
+	parked, err := e.rm.Parked(ctx)
+	require.NoError(t, err)
+	require.Len(t, parked, 1)
+	assert.Equal(t, "audit", parked[0].Projection)
+	assert.Equal(t, poison.ID.String(), parked[0].EventID)
+	assert.Equal(t, poison.Position, parked[0].Position)
+	assert.Equal(t, "user.created", parked[0].EventType)
+	assert.Equal(t, "cannot digest", parked[0].Error)
+	assert.Equal(t, 4, parked[0].Attempts, "the first try and three retries")
+	assert.Len(t, e.dump(t)["users"], 6, "other projections are not held back")
+
+	st := r.Status()
+	assert.Equal(t, 1, st[0].Parked)
+	assert.Equal(t, 0, st[1].Parked)
+
+	// Later events still apply.
+	id := uuid.New()
+	pos := e.append(t, userStream(id), user.Created{UserID: id, Email: "later@x.org", Name: "L"})
+	waitFor(t, r, pos)
+	assert.Equal(t, 6, auditCount(t, e))
+}
+
+func TestUnavailableDatabaseIsRetriedNotParked(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	id := uuid.New()
+	pos := e.append(t, userStream(id), user.Created{UserID: id, Email: "u@x.org", Name: "U"})
+	var outage atomic.Int64
+	f := &flaky{Projection: projections.Audit(), fail: func(ev eventstore.RecordedEvent) error {
+		if outage.Add(1) <= 20 { // far more than MaxRetries
+			return fmt.Errorf("insert: %w", readmodels.ErrUnavailable)
+		}
+		return nil
+	}}
+	src := &flakySource{Source: e.es, failures: 5}
+	r := projections.NewRunner(src, e.rm, []projections.Projection{f}, fast(2))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	waitFor(t, r, pos)
+
+	assert.Equal(t, 1, auditCount(t, e))
+	parked, err := e.rm.Parked(context.Background())
+	require.NoError(t, err)
+	assert.Empty(t, parked)
+	assert.GreaterOrEqual(t, src.calls.Load(), int64(6), "read failures were retried")
+}
+
+// flakySource fails its first reads as an unreachable store would.
+type flakySource struct {
+	projections.Source
+	failures int64
+	calls    atomic.Int64
+}
+
+func (s *flakySource) ReadAll(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
+	if s.calls.Add(1) <= s.failures {
+		return nil, fmt.Errorf("read: %w", eventstore.ErrUnavailable)
+	}
+	return s.Source.ReadAll(ctx, after, limit)
+}
+
+func TestResumeAfterRestartDoesNotDuplicate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	last := e.workload(t, 4)
+	r1, stop := e.start(t, projections.All(), fast(5))
+	waitFor(t, r1, last)
+	before := e.dump(t)
+	stop()
+	for _, s := range r1.Status() {
+		assert.False(t, s.Running, s.Name)
+	}
+
+	id := uuid.New()
+	e.register(t, id, "late@example.org")
+	pos := e.append(t, userStream(id), user.Activated{UserID: id, ActivatedBy: "admin", Method: user.MethodAdmin})
+
+	// Count what a second Runner applies: only the new events.
+	f := &flaky{Projection: projections.Audit(), fail: func(eventstore.RecordedEvent) error { return nil }}
+	r2, _ := e.start(t, []projections.Projection{projections.Users(), projections.Sessions(), projections.ActivationTokens(), f}, fast(5))
+	waitFor(t, r2, pos)
+	assert.Equal(t, int64(3), f.calls.Load(), "claim, created, activated: nothing earlier is applied again")
+
+	after := e.dump(t)
+	assert.Len(t, after["audit"], len(before["audit"])+2)
+	u, err := e.rm.User(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, "active", u.Status)
+	for _, s := range r2.Status() {
+		assert.Equal(t, pos, s.Position, s.Name)
+	}
+}
+
+func TestRebuildEqualsLive(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	opts := fast(5)
+	opts.BatchSize = 7
+	r, stop := e.start(t, projections.All(), opts)
+	// Appends while the projections run, in several batches.
+	e.workload(t, 6)
+	last := e.workload(t, 6)
+	waitFor(t, r, last)
+	live := e.dump(t)
+	stop()
+	count, err := e.es.Count(ctx)
+	require.NoError(t, err)
+
+	require.NoError(t, projections.Rebuild(ctx, e.es, e.rm, projections.All()))
+	rebuilt := e.dump(t)
+	assert.Equal(t, live, rebuilt)
+	for _, tbl := range readmodels.ProjectionTables {
+		assert.NotEmpty(t, rebuilt[tbl], tbl)
+	}
+	after, err := e.es.Count(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, count, after, "a rebuild appends nothing")
+	for _, p := range projections.All() {
+		assert.Equal(t, last, checkpoint(t, e, p.Name()), p.Name())
+	}
+
+	// Deleted stays deleted after the rebuild.
+	p, err := e.rm.Users(ctx, readmodels.UserFilter{Status: "deleted"})
+	require.NoError(t, err)
+	assert.Len(t, p.Items, 2, "one in each workload")
+}
+
+func TestRebuildOfOneProjectionLeavesOthers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	last := e.workload(t, 3)
+	require.NoError(t, projections.Rebuild(ctx, e.es, e.rm, projections.All()))
+	before := e.dump(t)
+	require.NoError(t, e.rm.Update(ctx, func(tx *readmodels.Tx) error {
+		return tx.SetCheckpoint("users", eventstore.At(2)) // pretend users is behind
+	}))
+	require.NoError(t, projections.Rebuild(ctx, e.es, e.rm, []projections.Projection{projections.Audit()}))
+	assert.Equal(t, before, e.dump(t))
+	assert.Equal(t, eventstore.At(2), checkpoint(t, e, "users"), "untouched")
+	assert.Equal(t, last, checkpoint(t, e, "audit"))
+}
+
+// sessionWatcher is a reactor that follows the sessions projection and, on
+// a user's creation, issues a command that appends to the log.
+type sessionWatcher struct {
+	e       *env
+	t       *testing.T
+	mu      sync.Mutex
+	seen    []uuid.UUID // sessions found in the read model when handled
+	missing []uuid.UUID
+	created atomic.Int64
+}
+
+func (w *sessionWatcher) Name() string    { return "session-watcher" }
+func (w *sessionWatcher) After() []string { return []string{"sessions"} }
+
+func (w *sessionWatcher) Handle(ctx context.Context, ev eventstore.RecordedEvent) error {
+	switch ev.Type {
+	case session.TypeLoggedIn:
+		e, err := session.Decode(ev.Type, 1, ev.Data)
+		if err != nil {
+			return err
+		}
+		in := e.(session.LoggedIn)
+		ids, err := w.e.rm.OpenSessionIDs(ctx, in.UserID)
+		if err != nil {
+			return err
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for _, id := range ids {
+			if id == in.SessionID {
+				w.seen = append(w.seen, id)
+				return nil
+			}
+		}
+		w.missing = append(w.missing, in.SessionID)
+	case user.TypeCreated:
+		// Appending from a reactor must not deadlock on the one SQLite
+		// write connection.
+		e, err := user.Decode(ev.Type, 1, ev.Data)
+		if err != nil {
+			return err
+		}
+		id := e.(user.Created).UserID
+		w.e.appendCtx(ctx, w.t, userStream(id), user.ActivationRequested{UserID: id, TokenHash: "auto-" + id.String(),
+			ExpiresAt: t0.Add(time.Hour), RequestedBy: "system"})
+		w.created.Add(1)
+	}
+	return nil
+}
+
+// slow delays a projection so that a reactor that did not wait would see
+// nothing.
+type slow struct{ projections.Projection }
+
+func (s slow) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	if ev.Type == session.TypeLoggedIn {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return s.Projection.Apply(tx, ev)
+}
+
+func TestReactorRunsAfterItsProjection(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	w := &sessionWatcher{e: e, t: t}
+	opts := fast(5)
+	opts.BatchSize = 2
+	opts.Reactors = []projections.Reactor{w}
+	r, _ := e.start(t, []projections.Projection{projections.Users(), slow{projections.Sessions()}, projections.ActivationTokens()}, opts)
+
+	uid := uuid.New()
+	e.register(t, uid, "react@example.org")
+	var want []uuid.UUID
+	for range 5 {
+		sid, _ := e.login(t, uid, time.Now().Add(time.Hour))
+		want = append(want, sid)
+	}
+	require.Eventually(t, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.seen)+len(w.missing) == 5
+	}, 10*time.Second, 5*time.Millisecond)
+	w.mu.Lock()
+	assert.Equal(t, want, w.seen, "every session was in the read model when the reactor ran")
+	assert.Empty(t, w.missing)
+	w.mu.Unlock()
+
+	// The event the reactor appended is projected too.
+	require.Eventually(t, func() bool {
+		p, err := e.rm.ActivationTokens(ctx, uid, "", 0)
+		return err == nil && len(p.Items) == 1
+	}, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, int64(1), w.created.Load())
+
+	var st projections.Status
+	for _, s := range r.Status() {
+		if s.Name == w.Name() {
+			st = s
+		}
+	}
+	assert.Equal(t, projections.KindReactor, st.Kind)
+	require.Eventually(t, func() bool {
+		return !checkpoint(t, e, w.Name()).IsZero()
+	}, 10*time.Second, 5*time.Millisecond, "the reactor saves its checkpoint")
+}
+
+// failingReactor fails every time on one event type.
+type failingReactor struct {
+	handled atomic.Int64
+}
+
+func (*failingReactor) Name() string { return "failing" }
+
+func (f *failingReactor) Handle(_ context.Context, ev eventstore.RecordedEvent) error {
+	if ev.Type == user.TypeDeleted {
+		return errors.New("will not")
+	}
+	f.handled.Add(1)
+	return nil
+}
+
+func TestReactorPoisonIsParked(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	id := uuid.New()
+	e.append(t, userStream(id), user.Created{UserID: id, Email: "x@x.org", Name: "X"}, user.Deleted{UserID: id, DeletedBy: "admin"})
+	last := e.append(t, "other", unknownEvent{})
+	fr := &failingReactor{}
+	opts := fast(2)
+	opts.Reactors = []projections.Reactor{fr}
+	e.start(t, nil, opts)
+	require.Eventually(t, func() bool { return checkpoint(t, e, "failing") == last }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, int64(2), fr.handled.Load())
+	parked, err := e.rm.Parked(ctx)
+	require.NoError(t, err)
+	require.Len(t, parked, 1)
+	assert.Equal(t, "failing", parked[0].Projection)
+	assert.Equal(t, user.TypeDeleted, parked[0].EventType)
+	assert.Equal(t, 3, parked[0].Attempts)
+}
+
+func TestRunRejectsMisconfiguration(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	err := projections.NewRunner(e.es, e.rm, []projections.Projection{projections.Users(), projections.Users()}, projections.Options{}).Run(ctx)
+	assert.ErrorContains(t, err, "twice")
+
+	w := &sessionWatcher{e: e, t: t}
+	err = projections.NewRunner(e.es, e.rm, []projections.Projection{projections.Users()},
+		projections.Options{Reactors: []projections.Reactor{w}}).Run(ctx)
+	assert.ErrorContains(t, err, "sessions")
+}

@@ -1,0 +1,15 @@
+// Package readmodels owns Evident's read side: table schemas, migrations,
+// checkpoints and the query functions the API uses. It also holds the two
+// tables that are not projections and are never rebuilt: credentials
+// (password hashes, kept out of the log) and idempotency keys.
+//
+// Reads go to the read pool; every write goes through the write pool, and a
+// projection's rows and its checkpoint are written in one transaction
+// (Store.Update). The SQL is kept portable between SQLite and PostgreSQL:
+// $N placeholders, ON CONFLICT upserts, times as BIGINT unix microseconds
+// (UTC), ids as TEXT, JSON as TEXT. Migrations are per dialect, embedded, and
+// run by goose with their own version table (goose_readmodels).
+//
+// Driver errors never leave this package: callers see ErrNotFound,
+// ErrConflict, ErrBadCursor or a wrapped error.
+package readmodels

@@ -1,0 +1,197 @@
+package readmodels
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"evident/eventstore"
+
+	"github.com/google/uuid"
+)
+
+// Tx is one read-model transaction, handed out by Store.Update. Its writes
+// are idempotent on their own (ON CONFLICT DO NOTHING, version guards), so
+// applying an event twice changes nothing even without the checkpoint.
+type Tx struct {
+	ctx context.Context // Update's; a Tx lives only inside it
+	tx  *sql.Tx
+	now func() time.Time
+}
+
+// User reads a user row inside the transaction, or ErrNotFound.
+func (tx *Tx) User(id uuid.UUID) (User, error) {
+	return getUser(tx.ctx, tx.tx, id)
+}
+
+// PutUser inserts the user or, when the row exists, overwrites it only if
+// u.Version is newer than the stored one.
+func (tx *Tx) PutUser(u User) error {
+	roles := u.Roles
+	if roles == nil {
+		roles = []string{}
+	}
+	rolesJSON, err := json.Marshal(roles)
+	if err != nil {
+		return fmt.Errorf("readmodels: user %s roles: %w", u.ID, classify(err))
+	}
+	_, err = tx.tx.ExecContext(tx.ctx, `INSERT INTO users (`+userColumns+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		ON CONFLICT (id) DO UPDATE SET
+			email = excluded.email, name = excluded.name, roles = excluded.roles,
+			status = excluded.status, version = excluded.version,
+			created_at = excluded.created_at, updated_at = excluded.updated_at,
+			activated_at = excluded.activated_at, deleted_at = excluded.deleted_at,
+			position = excluded.position
+		WHERE users.version < excluded.version`,
+		u.ID.String(), u.Email, u.Name, string(rolesJSON), u.Status, u.Version,
+		micros(u.CreatedAt), micros(u.UpdatedAt), nullMicros(u.ActivatedAt), nullMicros(u.DeletedAt),
+		u.Position.String())
+	if err != nil {
+		return fmt.Errorf("readmodels: put user %s: %w", u.ID, classify(err))
+	}
+	return nil
+}
+
+// Session reads a session row (status as stored) inside the transaction, or ErrNotFound.
+func (tx *Tx) Session(id uuid.UUID) (Session, error) {
+	s, err := scanSession(tx.tx.QueryRowContext(tx.ctx, `SELECT `+rawSessionColumns+` FROM sessions WHERE id = $1`, id.String()))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Session{}, ErrNotFound
+	}
+	if err != nil {
+		return Session{}, fmt.Errorf("readmodels: session %s: %w", id, classify(err))
+	}
+	return s, nil
+}
+
+// PutSession inserts the session or, when the row exists, overwrites it only
+// if s.Version is newer than the stored one.
+func (tx *Tx) PutSession(s Session) error {
+	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO sessions (`+rawSessionColumns+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (id) DO UPDATE SET
+			user_id = excluded.user_id, status = excluded.status,
+			created_at = excluded.created_at, expires_at = excluded.expires_at,
+			ended_at = excluded.ended_at, end_reason = excluded.end_reason,
+			version = excluded.version
+		WHERE sessions.version < excluded.version`,
+		s.ID.String(), s.UserID.String(), s.Status, micros(s.CreatedAt), micros(s.ExpiresAt),
+		nullMicros(s.EndedAt), s.EndReason, s.Version)
+	if err != nil {
+		return fmt.Errorf("readmodels: put session %s: %w", s.ID, classify(err))
+	}
+	return nil
+}
+
+// InsertActivationToken adds a token; an existing hash is left as it is.
+// version is the user stream's version of the event that issued it.
+func (tx *Tx) InsertActivationToken(t ActivationToken, version int64) error {
+	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO activation_tokens
+		(token_hash, user_id, status, requested_by, version, created_at, expires_at, ended_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (token_hash) DO NOTHING`,
+		t.TokenHash, t.UserID.String(), t.Status, t.RequestedBy, version,
+		micros(t.CreatedAt), micros(t.ExpiresAt), nullMicros(t.EndedAt))
+	if err != nil {
+		return fmt.Errorf("readmodels: insert activation token: %w", classify(err))
+	}
+	return nil
+}
+
+// TokenChange moves activation tokens from one status to another. version is
+// the user stream's version of the event causing it: a token already changed
+// by that event or a later one is left alone.
+type TokenChange struct {
+	UserID  uuid.UUID
+	Hash    string // one token; empty for all of the user's tokens
+	Except  string // with Hash empty: leave this token out
+	From    string // only tokens in this status; empty for any status
+	To      string
+	At      time.Time
+	Version int64
+}
+
+// ChangeActivationTokens applies c.
+func (tx *Tx) ChangeActivationTokens(c TokenChange) error {
+	var a args
+	q := `UPDATE activation_tokens SET status = ` + a.add(c.To) +
+		`, ended_at = ` + a.add(micros(c.At)) + `, version = ` + a.add(c.Version) +
+		` WHERE user_id = ` + a.add(c.UserID.String()) + ` AND version < ` + a.add(c.Version)
+	if c.Hash != "" {
+		q += ` AND token_hash = ` + a.add(c.Hash)
+	} else if c.Except != "" {
+		q += ` AND token_hash <> ` + a.add(c.Except)
+	}
+	if c.From != "" {
+		q += ` AND status = ` + a.add(c.From)
+	}
+	if _, err := tx.tx.ExecContext(tx.ctx, q, a...); err != nil {
+		return fmt.Errorf("readmodels: change activation tokens of %s: %w", c.UserID, classify(err))
+	}
+	return nil
+}
+
+// InsertAudit adds an audit record; one already there (same event id or
+// position) is left as it is.
+func (tx *Tx) InsertAudit(r AuditRecord) error {
+	var userID sql.NullString
+	if r.UserID != nil {
+		userID = sql.NullString{String: r.UserID.String(), Valid: true}
+	}
+	details, meta := string(r.Details), string(r.Metadata)
+	if details == "" {
+		details = "{}"
+	}
+	if meta == "" {
+		meta = "{}"
+	}
+	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO audit (`+auditColumns+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+		ON CONFLICT DO NOTHING`,
+		r.EventID.String(), r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
+		r.Resource, r.ResourceID, details, meta, micros(r.OccurredAt),
+		int64(r.Position.Commit), int64(r.Position.Prepare))
+	if err != nil {
+		return fmt.Errorf("readmodels: insert audit %s: %w", r.EventID, classify(err))
+	}
+	return nil
+}
+
+// Checkpoint returns the stored position of name inside the transaction;
+// the zero Position when it has none.
+func (tx *Tx) Checkpoint(name string) (eventstore.Position, error) {
+	return checkpoint(tx.ctx, tx.tx, name)
+}
+
+// SetCheckpoint stores name's position.
+func (tx *Tx) SetCheckpoint(name string, pos eventstore.Position) error {
+	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
+		ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at`,
+		name, pos.String(), micros(tx.now()))
+	if err != nil {
+		return fmt.Errorf("readmodels: set checkpoint %s: %w", name, classify(err))
+	}
+	return nil
+}
+
+// Park records an event that p.Projection gave up on. ParkedAt defaults to
+// now. Parking the same event twice keeps the latest error and attempts.
+func (tx *Tx) Park(p ParkedEvent) error {
+	if p.ParkedAt.IsZero() {
+		p.ParkedAt = tx.now()
+	}
+	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO parked_events
+		(projection, event_id, position, event_type, error, attempts, parked_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (projection, event_id) DO UPDATE SET
+			error = excluded.error, attempts = excluded.attempts, parked_at = excluded.parked_at`,
+		p.Projection, p.EventID, p.Position.String(), p.EventType, p.Error, p.Attempts, micros(p.ParkedAt))
+	if err != nil {
+		return fmt.Errorf("readmodels: park %s for %s: %w", p.EventID, p.Projection, classify(err))
+	}
+	return nil
+}
