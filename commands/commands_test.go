@@ -1,0 +1,347 @@
+package commands_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"evident/commands"
+	"evident/domain/user"
+	"evident/eventstore"
+	"evident/eventstore/sqlite"
+	"evident/internal/sqlitedb"
+	"evident/readmodels"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+)
+
+type fixture struct {
+	h      *commands.Handler
+	events *sqlite.Store
+	rm     *readmodels.Store
+	now    time.Time
+	mu     sync.Mutex
+}
+
+func (f *fixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fixture) advance(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+// newFixture wires a Handler over a real SQLite file. No projection runs:
+// the write side must stand on its own.
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	db, err := sqlitedb.Open(filepath.Join(t.TempDir(), "evident.db"))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	events, err := sqlite.New(db)
+	require.NoError(t, err)
+	rm, err := readmodels.Open(ctx, "sqlite", db.Write, db.Read)
+	require.NoError(t, err)
+	require.NoError(t, rm.Migrate(ctx))
+	f := &fixture{events: events, rm: rm, now: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)}
+	f.h = commands.NewHandler(events, rm, rm, nil, commands.Options{
+		Now: f.clock, PasswordCost: bcrypt.MinCost, SessionDuration: time.Hour, ActivationTokenDuration: time.Hour,
+	})
+	return f
+}
+
+var admin = commands.Meta{ActorID: "admin-1"}
+
+func (f *fixture) activeUser(t *testing.T, email, password string) uuid.UUID {
+	t.Helper()
+	ctx := context.Background()
+	res, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: email, Name: "Someone", Password: password})
+	require.NoError(t, err)
+	_, err = f.h.Activate(ctx, admin, res.UserID, user.MethodAdmin, nil)
+	require.NoError(t, err)
+	return res.UserID
+}
+
+func (f *fixture) allEvents(t *testing.T) []eventstore.RecordedEvent {
+	t.Helper()
+	evs, err := f.events.ReadAll(context.Background(), eventstore.Position{}, 100000)
+	require.NoError(t, err)
+	return evs
+}
+
+func TestRacingRegistrationsOneWinner(t *testing.T) {
+	f := newFixture(t)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			// Case and spaces differ; the normalised address is one.
+			addr := []string{"Race@Example.org", " race@example.org ", "RACE@EXAMPLE.ORG"}[i%3]
+			_, errs[i] = f.h.Register(context.Background(), admin, commands.RegisterInput{Email: addr, Name: "R"})
+		})
+	}
+	wg.Wait()
+	wins := 0
+	for _, err := range errs {
+		if err == nil {
+			wins++
+			continue
+		}
+		assert.ErrorIs(t, err, commands.ErrEmailTaken)
+	}
+	assert.Equal(t, 1, wins)
+	created := 0
+	for _, e := range f.allEvents(t) {
+		if e.Type == user.TypeCreated {
+			created++
+		}
+	}
+	assert.Equal(t, 1, created)
+}
+
+func TestDeletedUserFreesAddress(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	res, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "gone@example.org", Name: "G"})
+	require.NoError(t, err)
+	_, err = f.h.Register(ctx, admin, commands.RegisterInput{Email: "gone@example.org", Name: "G2"})
+	require.ErrorIs(t, err, commands.ErrEmailTaken)
+	_, err = f.h.Delete(ctx, admin, res.UserID, "test", nil)
+	require.NoError(t, err)
+	_, err = f.h.Register(ctx, admin, commands.RegisterInput{Email: "gone@example.org", Name: "G3"})
+	require.NoError(t, err)
+	_, err = f.h.Deactivate(ctx, admin, res.UserID, "", nil)
+	assert.ErrorIs(t, err, user.ErrDeleted)
+}
+
+func TestEmailChangeMovesTheClaim(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	a, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "a@example.org", Name: "A"})
+	require.NoError(t, err)
+	_, err = f.h.Register(ctx, admin, commands.RegisterInput{Email: "b@example.org", Name: "B"})
+	require.NoError(t, err)
+	taken := "B@example.org"
+	_, err = f.h.Update(ctx, admin, a.UserID, commands.UpdateInput{Email: &taken}, nil)
+	require.ErrorIs(t, err, commands.ErrEmailTaken)
+	fresh := "c@example.org"
+	_, err = f.h.Update(ctx, admin, a.UserID, commands.UpdateInput{Email: &fresh}, nil)
+	require.NoError(t, err)
+	_, err = f.h.Register(ctx, admin, commands.RegisterInput{Email: "a@example.org", Name: "A2"})
+	assert.NoError(t, err, "the old address is free again")
+	_, err = f.h.Register(ctx, admin, commands.RegisterInput{Email: "c@example.org", Name: "C"})
+	assert.ErrorIs(t, err, commands.ErrEmailTaken)
+}
+
+func TestIfMatch(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	res, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "m@example.org", Name: "M"})
+	require.NoError(t, err)
+	stale := res.Version
+	name := "New"
+	r2, err := f.h.Update(ctx, admin, res.UserID, commands.UpdateInput{Name: &name}, &stale)
+	require.NoError(t, err)
+	assert.Equal(t, stale+1, r2.Version)
+	other := "Other"
+	_, err = f.h.Update(ctx, admin, res.UserID, commands.UpdateInput{Name: &other}, &stale)
+	assert.ErrorIs(t, err, commands.ErrPreconditionFailed)
+}
+
+// TestSecretsNeverEnterTheLog runs every command that handles a secret and
+// then searches the whole log for the raw values.
+func TestSecretsNeverEnterTheLog(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	const pw1, pw2, pw3 = "first-password-1", "second-password-2", "third-password-3"
+	res, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "s@example.org", Name: "S", Password: pw1})
+	require.NoError(t, err)
+	tok, err := f.h.RequestActivation(ctx, admin, res.UserID, nil)
+	require.NoError(t, err)
+	_, err = f.h.ActivateWithToken(ctx, commands.Meta{}, tok.Token, ptr(pw2))
+	require.NoError(t, err)
+	_, err = f.h.Update(ctx, admin, res.UserID, commands.UpdateInput{Password: ptr(pw3)}, nil)
+	require.NoError(t, err)
+	sess, err := f.h.Login(ctx, commands.Meta{}, "s@example.org", pw3)
+	require.NoError(t, err)
+
+	secrets := []string{pw1, pw2, pw3, tok.Token, sess.Token}
+	evs := f.allEvents(t)
+	require.NotEmpty(t, evs)
+	for _, e := range evs {
+		for _, s := range secrets {
+			assert.NotContains(t, string(e.Data), s, "event %s", e.Type)
+			assert.NotContains(t, string(e.Metadata), s, "event %s", e.Type)
+		}
+	}
+	// And the hashes that are kept are not the bare secret's prefix either.
+	assert.True(t, strings.HasPrefix(tok.Token, "evat_"))
+}
+
+func TestLoginChecks(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.activeUser(t, "l@example.org", "right-password")
+	_, err := f.h.Login(ctx, commands.Meta{}, "l@example.org", "wrong-password")
+	assert.ErrorIs(t, err, commands.ErrInvalidCredentials)
+	_, err = f.h.Login(ctx, commands.Meta{}, "nobody@example.org", "right-password")
+	assert.ErrorIs(t, err, commands.ErrInvalidCredentials)
+	_, err = f.h.Login(ctx, commands.Meta{}, "not an address", "right-password")
+	assert.ErrorIs(t, err, commands.ErrInvalidCredentials)
+	s, err := f.h.Login(ctx, commands.Meta{}, " L@EXAMPLE.org", "right-password")
+	require.NoError(t, err)
+	p, err := f.h.Authenticate(ctx, s.Token)
+	require.NoError(t, err)
+	assert.Equal(t, id, p.UserID)
+
+	_, err = f.h.Suspend(ctx, admin, id, "", nil)
+	require.NoError(t, err)
+	_, err = f.h.Login(ctx, commands.Meta{}, "l@example.org", "right-password")
+	assert.ErrorIs(t, err, user.ErrNotActive)
+}
+
+// TestTokensRefusedAtOnce: with no projection running at all, every way of
+// ending a user or a session makes its token fail immediately.
+func TestTokensRefusedAtOnce(t *testing.T) {
+	ends := map[string]func(f *fixture, id uuid.UUID, s commands.NewSession) error{
+		"deactivate": func(f *fixture, id uuid.UUID, _ commands.NewSession) error {
+			_, err := f.h.Deactivate(context.Background(), admin, id, "", nil)
+			return err
+		},
+		"suspend": func(f *fixture, id uuid.UUID, _ commands.NewSession) error {
+			_, err := f.h.Suspend(context.Background(), admin, id, "", nil)
+			return err
+		},
+		"delete": func(f *fixture, id uuid.UUID, _ commands.NewSession) error {
+			_, err := f.h.Delete(context.Background(), admin, id, "", nil)
+			return err
+		},
+		"logout": func(f *fixture, _ uuid.UUID, s commands.NewSession) error {
+			_, err := f.h.Logout(context.Background(), commands.Meta{}, s.SessionID)
+			return err
+		},
+		"revoke": func(f *fixture, _ uuid.UUID, s commands.NewSession) error {
+			_, err := f.h.RevokeSession(context.Background(), admin, s.SessionID, "")
+			return err
+		},
+		"expiry": func(f *fixture, _ uuid.UUID, _ commands.NewSession) error {
+			f.advance(time.Hour)
+			return nil
+		},
+	}
+	for name, end := range ends {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			id := f.activeUser(t, "t@example.org", "password-123")
+			s, err := f.h.Login(ctx, commands.Meta{}, "t@example.org", "password-123")
+			require.NoError(t, err)
+			_, err = f.h.Authenticate(ctx, s.Token)
+			require.NoError(t, err)
+			require.NoError(t, end(f, id, s))
+			_, err = f.h.Authenticate(ctx, s.Token)
+			assert.ErrorIs(t, err, commands.ErrUnauthenticated)
+		})
+	}
+}
+
+func TestAuthenticateRejectsForgedTokens(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.activeUser(t, "f@example.org", "password-123")
+	s, err := f.h.Login(ctx, commands.Meta{}, "f@example.org", "password-123")
+	require.NoError(t, err)
+	forged := s.Token[:len(s.Token)-2] + "AA"
+	if forged == s.Token {
+		forged = s.Token[:len(s.Token)-2] + "BB"
+	}
+	for _, tok := range []string{"", "evs_", "evs_!!!", forged, "evat_" + strings.TrimPrefix(s.Token, "evs_"), s.Token + "x"} {
+		_, err := f.h.Authenticate(ctx, tok)
+		assert.ErrorIs(t, err, commands.ErrUnauthenticated, "token %q", tok)
+	}
+}
+
+func TestActivationTokenLifecycle(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	res, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "a@example.org", Name: "A"})
+	require.NoError(t, err)
+	old, err := f.h.RequestActivation(ctx, admin, res.UserID, nil)
+	require.NoError(t, err)
+	cur, err := f.h.RequestActivation(ctx, admin, res.UserID, nil)
+	require.NoError(t, err)
+
+	_, err = f.h.ActivateWithToken(ctx, commands.Meta{}, old.Token, nil)
+	assert.ErrorIs(t, err, user.ErrInvalidToken, "superseded")
+	_, err = f.h.ActivateWithToken(ctx, commands.Meta{}, "evat_garbage", nil)
+	assert.ErrorIs(t, err, user.ErrInvalidToken, "malformed")
+	_, err = f.h.ActivateWithToken(ctx, commands.Meta{}, cur.Token, ptr("short"))
+	var ve *user.ValidationError
+	assert.ErrorAs(t, err, &ve, "a bad password is refused before the token is spent")
+	_, err = f.h.ActivateWithToken(ctx, commands.Meta{}, cur.Token, nil)
+	require.NoError(t, err)
+	_, err = f.h.ActivateWithToken(ctx, commands.Meta{}, cur.Token, nil)
+	assert.ErrorIs(t, err, user.ErrTokenUsed)
+
+	// Expiry: a token one hour old is refused with token_expired, and the
+	// expiry workflow records it once.
+	b, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "b@example.org", Name: "B"})
+	require.NoError(t, err)
+	tb, err := f.h.RequestActivation(ctx, admin, b.UserID, nil)
+	require.NoError(t, err)
+	f.advance(time.Hour)
+	_, err = f.h.ActivateWithToken(ctx, commands.Meta{}, tb.Token, nil)
+	assert.ErrorIs(t, err, user.ErrTokenExpired)
+	r1, err := f.h.ExpireActivationToken(ctx, commands.Meta{ActorID: commands.System}, b.UserID, commands.HashToken(tb.Token))
+	require.NoError(t, err)
+	assert.Equal(t, 1, r1.Appended)
+	r2, err := f.h.ExpireActivationToken(ctx, commands.Meta{ActorID: commands.System}, b.UserID, commands.HashToken(tb.Token))
+	require.NoError(t, err)
+	assert.Equal(t, 0, r2.Appended, "never expired twice")
+}
+
+func TestConflictRetriesAreBounded(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	res, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "c@example.org", Name: "C"})
+	require.NoError(t, err)
+	// Many writers on one stream: every one either lands or reports a conflict, never anything else.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := 0
+	for i := range 16 {
+		wg.Go(func() {
+			name := "name-" + string(rune('a'+i))
+			_, err := f.h.Update(ctx, admin, res.UserID, commands.UpdateInput{Name: &name}, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				ok++
+			} else if !errors.Is(err, commands.ErrConflict) {
+				t.Errorf("unexpected error: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	assert.Positive(t, ok)
+	evs, err := f.events.ReadStream(ctx, commands.UserStream(res.UserID), 0)
+	require.NoError(t, err)
+	for i, e := range evs {
+		assert.Equal(t, int64(i), e.Version, "contiguous versions")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
