@@ -18,10 +18,19 @@ import (
 // is deactivated, suspended or deleted, and any session opened by a login
 // that raced such a command. Seeing an event twice is harmless: revoking a
 // closed session appends nothing.
-type SessionCleanup struct{ h *Handler }
+type SessionCleanup struct {
+	h       *Handler
+	timeout time.Duration
+}
 
-// NewSessionCleanup returns the workflow.
-func NewSessionCleanup(h *Handler) *SessionCleanup { return &SessionCleanup{h: h} }
+// NewSessionCleanup returns the workflow; timeout bounds the handling of one
+// event (default 30s), after which the runner retries it.
+func NewSessionCleanup(h *Handler, timeout time.Duration) *SessionCleanup {
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	return &SessionCleanup{h: h, timeout: timeout}
+}
 
 // Name is the workflow's checkpoint key.
 func (*SessionCleanup) Name() string { return "session_cleanup" }
@@ -32,6 +41,8 @@ func (*SessionCleanup) After() []string { return []string{"sessions"} }
 
 // Handle reacts to one event.
 func (w *SessionCleanup) Handle(ctx context.Context, ev eventstore.RecordedEvent) error {
+	ctx, cancel := context.WithTimeout(ctx, w.timeout)
+	defer cancel()
 	md, err := decodeMeta(ev)
 	if err != nil {
 		return err

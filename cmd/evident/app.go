@@ -80,18 +80,25 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*M
 	}
 
 	waiter := &lateWaiter{}
-	m.cmd = commands.NewHandler(m.events, m.rm, m.rm, waiter, commands.Options{
+	var open commands.OpenSessions
+	if cfg.EnableSessionCleanup {
+		open = m.rm
+	}
+	m.cmd = commands.NewHandler(m.events, m.rm, open, waiter, commands.Options{
 		ActivationTokenDuration: cfg.ActivationTokenDuration,
 		SessionDuration:         cfg.SessionDuration,
 		MaxRetries:              cfg.MaxRetries,
 		PasswordCost:            cfg.PasswordCost,
 		Logger:                  log,
 	})
-	reactors := []projections.Reactor{commands.NewSessionCleanup(m.cmd)}
+	var reactors []projections.Reactor
+	if cfg.EnableSessionCleanup {
+		reactors = append(reactors, commands.NewSessionCleanup(m.cmd, cfg.SessionCleanupTimeout))
+	}
 	if cfg.EnableAutoActivation {
 		reactors = append(reactors, commands.NewAutoActivation(m.cmd))
 	}
-	m.runner = projections.NewRunner(m.events, m.rm, projections.All(), projections.Options{
+	m.runner = projections.NewRunner(m.events, m.rm, cfg.projections(), projections.Options{
 		MaxRetries: cfg.MaxRetries, RetryDelay: cfg.RetryDelay, Logger: log, Reactors: reactors,
 	})
 	waiter.r = m.runner

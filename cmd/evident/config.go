@@ -6,8 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"reflect"
 	"strings"
 	"time"
+
+	"evident/domain/session"
+	"evident/domain/user"
+	"evident/projections"
 
 	"github.com/caarlos0/env/v11"
 	"golang.org/x/crypto/bcrypt"
@@ -23,6 +29,11 @@ type Config struct {
 	BootstrapAdminEmail    string `env:"EVIDENT_BOOTSTRAP_ADMIN_EMAIL"`
 	BootstrapAdminPassword string `env:"EVIDENT_BOOTSTRAP_ADMIN_PASSWORD"`
 
+	EnableSessionCleanup    bool          `env:"EVIDENT_ENABLE_SESSION_CLEANUP" envDefault:"true"`
+	SessionCleanupTimeout   time.Duration `env:"EVIDENT_SESSION_CLEANUP_TIMEOUT" envDefault:"30s"`
+	EnableAuditTrail        bool          `env:"EVIDENT_ENABLE_AUDIT_TRAIL" envDefault:"true"`
+	AuditAllEvents          bool          `env:"EVIDENT_AUDIT_ALL_EVENTS" envDefault:"true"`
+	AuditEventTypes         []string      `env:"EVIDENT_AUDIT_EVENT_TYPES" envSeparator:","`
 	ActivationTokenDuration time.Duration `env:"EVIDENT_ACTIVATION_TOKEN_DURATION" envDefault:"24h"`
 	SessionDuration         time.Duration `env:"EVIDENT_SESSION_DURATION" envDefault:"24h"`
 	EnableAutoActivation    bool          `env:"EVIDENT_ENABLE_AUTO_ACTIVATION" envDefault:"false"`
@@ -33,11 +44,16 @@ type Config struct {
 	LogLevel                string        `env:"EVIDENT_LOG_LEVEL" envDefault:"info"`
 }
 
-// loadConfig reads the environment, then the flags that override it.
+// loadConfig reads the optional config file named by EVIDENT_CONFIG_FILE,
+// then the environment (which wins), then the flags (which win over both).
 func loadConfig(args []string, fs *flag.FlagSet) (Config, error) {
+	vars, err := environment(os.Getenv("EVIDENT_CONFIG_FILE"), os.Environ())
+	if err != nil {
+		return Config{}, err
+	}
 	var c Config
-	if err := env.Parse(&c); err != nil {
-		return c, fmt.Errorf("config: %w", err)
+	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
+		return c, envError(err)
 	}
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory of the embedded SQLite store (EVIDENT_DATA_DIR)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (EVIDENT_HTTP_ADDR)")
@@ -45,6 +61,36 @@ func loadConfig(args []string, fs *flag.FlagSet) (Config, error) {
 		return c, err
 	}
 	return c, c.Validate()
+}
+
+// environment merges a config file of KEY=VALUE lines (the same EVIDENT_
+// names as the environment; # starts a comment) under the process environment.
+func environment(file string, environ []string) (map[string]string, error) {
+	vars := map[string]string{}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("config file: %w", err)
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			k, v, ok := strings.Cut(line, "=")
+			k = strings.TrimSpace(k)
+			if !ok || !strings.HasPrefix(k, "EVIDENT_") {
+				return nil, fmt.Errorf("config file %s line %d: want EVIDENT_NAME=value", file, i+1)
+			}
+			vars[k] = strings.Trim(strings.TrimSpace(v), `"'`)
+		}
+	}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	return vars, nil
 }
 
 // Validate reports every problem at once.
@@ -70,6 +116,17 @@ func (c Config) Validate() error {
 	}
 	if c.SessionDuration <= 0 {
 		errs = append(errs, errors.New("EVIDENT_SESSION_DURATION must be positive"))
+	}
+	if c.SessionCleanupTimeout <= 0 {
+		errs = append(errs, errors.New("EVIDENT_SESSION_CLEANUP_TIMEOUT must be positive"))
+	}
+	for _, t := range c.AuditEventTypes {
+		if !knownEventType(t) {
+			errs = append(errs, fmt.Errorf("EVIDENT_AUDIT_EVENT_TYPES: unknown event type %q", t))
+		}
+	}
+	if !c.AuditAllEvents && len(c.AuditEventTypes) == 0 && c.EnableAuditTrail {
+		errs = append(errs, errors.New("EVIDENT_AUDIT_ALL_EVENTS=false needs EVIDENT_AUDIT_EVENT_TYPES"))
 	}
 	if c.MaxRetries < 0 || c.MaxRetries > 100 {
 		errs = append(errs, errors.New("EVIDENT_MAX_RETRIES must be from 0 to 100"))
@@ -105,4 +162,40 @@ func redactURL(s string) string {
 		}
 	}
 	return s
+}
+
+func knownEventType(t string) bool { return user.IsType(t) || session.IsType(t) }
+
+// projections are the read models this configuration keeps.
+func (c Config) projections() []projections.Projection {
+	var out []projections.Projection
+	for _, p := range projections.All() {
+		if p.Name() == projections.NameAudit && !c.EnableAuditTrail {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// envError names the environment variable behind each value that did not
+// parse, instead of the Go field name.
+func envError(err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return fmt.Errorf("config: %w", err)
+	}
+	t := reflect.TypeFor[Config]()
+	errs := make([]error, 0, len(agg.Errors))
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			if f, ok := t.FieldByName(pe.Name); ok {
+				errs = append(errs, fmt.Errorf("%s: %w", f.Tag.Get("env"), pe.Err))
+				continue
+			}
+		}
+		errs = append(errs, e)
+	}
+	return errors.Join(errs...)
 }

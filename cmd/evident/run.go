@@ -104,7 +104,7 @@ func rebuild(ctx context.Context, cfg Config, log *slog.Logger, names []string, 
 		return err
 	}
 	defer m.Close()
-	all := projections.All()
+	all := cfg.projections()
 	selected := all
 	if len(names) > 0 {
 		selected = nil
