@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -52,6 +53,14 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			c.Response().Header().Set("Idempotent-Replayed", "true")
 			return c.JSONBlob(prev.Status, prev.Body)
 		}
+
+		// A claimed key must reach a recorded outcome: the command runs to its
+		// end and its answer is kept even when the client has gone away, so
+		// that the client's retry finds it. Under the request's context a
+		// disconnect would abort the command and then fail Finish/Abandon
+		// too, leaving the claim pending (409 idempotency_key_in_use) for good.
+		ctx = context.WithoutCancel(ctx)
+		c.SetRequest(c.Request().WithContext(ctx))
 
 		rec := &recorder{ResponseWriter: c.Response().Writer}
 		c.Response().Writer = rec

@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Queries is the read side the API serves from.
@@ -44,16 +45,20 @@ type Options struct {
 	// BodyLimit caps request bodies (default 64 KiB).
 	BodyLimit int64
 	Logger    *slog.Logger
+	// Registry receives the API's metrics and is served at /metrics; nil
+	// means a private registry.
+	Registry *prometheus.Registry
 }
 
 // Server is the HTTP API.
 type Server struct {
-	cmd  *commands.Handler
-	q    Queries
-	read ReadSide
-	opts Options
-	log  *slog.Logger
-	echo *echo.Echo
+	cmd     *commands.Handler
+	q       Queries
+	read    ReadSide
+	opts    Options
+	log     *slog.Logger
+	echo    *echo.Echo
+	metrics *metrics
 }
 
 // NewServer builds the API with every route registered.
@@ -68,7 +73,10 @@ func NewServer(cmd *commands.Handler, q Queries, read ReadSide, opts Options) *S
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cmd: cmd, q: q, read: read, opts: opts, log: log, echo: echo.New()}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{cmd: cmd, q: q, read: read, opts: opts, log: log, echo: echo.New(), metrics: newMetrics(opts.Registry)}
 	s.echo.HideBanner, s.echo.HidePort = true, true
 	s.echo.HTTPErrorHandler = errorHandler(log)
 	s.echo.Use(middleware.RequestID())
@@ -76,6 +84,7 @@ func NewServer(cmd *commands.Handler, q Queries, read ReadSide, opts Options) *S
 		log.ErrorContext(c.Request().Context(), "panic", "err", err, "stack", string(stack))
 		return err
 	}}))
+	s.echo.Use(s.metrics.count)
 	s.echo.Use(s.limitBody)
 	s.echo.Use(s.authenticate)
 	s.Routes()
@@ -90,23 +99,25 @@ func (s *Server) Routes() {
 	e := s.echo
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", metricsHandler(s.opts.Registry))
 	e.GET("/v1/workflows/status", s.workflowStatus, s.require(roleAdmin, roleAuditor))
 
 	v1 := e.Group("/v1")
-	cmd := func(path string, method string, h echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
+	cmd := func(name, method, path string, h echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
+		mw = append([]echo.MiddlewareFunc{s.metrics.command(name)}, mw...)
 		v1.Add(method, path, h, append(mw, s.idempotent)...)
 	}
-	cmd("/users", http.MethodPost, s.register)
-	cmd("/users/:id", http.MethodPatch, s.update, s.require(roleAdmin, roleSelf))
-	cmd("/users/:id/activation-requests", http.MethodPost, s.requestActivation, s.require(roleAdmin))
-	cmd("/activations", http.MethodPost, s.activateWithToken)
-	cmd("/users/:id/activate", http.MethodPost, s.activate, s.require(roleAdmin))
-	cmd("/users/:id/deactivate", http.MethodPost, s.deactivate, s.require(roleAdmin))
-	cmd("/users/:id/suspend", http.MethodPost, s.suspend, s.require(roleAdmin))
-	cmd("/users/:id", http.MethodDelete, s.deleteUser, s.require(roleAdmin))
-	cmd("/sessions", http.MethodPost, s.login)
-	cmd("/sessions/current", http.MethodDelete, s.logout, s.require(roleAny))
-	cmd("/sessions/:id", http.MethodDelete, s.revokeSession, s.require(roleAny))
+	cmd("register", http.MethodPost, "/users", s.register)
+	cmd("update", http.MethodPatch, "/users/:id", s.update, s.require(roleAdmin, roleSelf))
+	cmd("request_activation", http.MethodPost, "/users/:id/activation-requests", s.requestActivation, s.require(roleAdmin))
+	cmd("activate_with_token", http.MethodPost, "/activations", s.activateWithToken)
+	cmd("activate", http.MethodPost, "/users/:id/activate", s.activate, s.require(roleAdmin))
+	cmd("deactivate", http.MethodPost, "/users/:id/deactivate", s.deactivate, s.require(roleAdmin))
+	cmd("suspend", http.MethodPost, "/users/:id/suspend", s.suspend, s.require(roleAdmin))
+	cmd("delete", http.MethodDelete, "/users/:id", s.deleteUser, s.require(roleAdmin))
+	cmd("login", http.MethodPost, "/sessions", s.login)
+	cmd("logout", http.MethodDelete, "/sessions/current", s.logout, s.require(roleAny))
+	cmd("revoke_session", http.MethodDelete, "/sessions/:id", s.revokeSession, s.require(roleAny))
 
 	v1.GET("/users", s.listUsers, s.require(roleAdmin, roleAuditor))
 	v1.GET("/users/:id", s.getUser, s.require(roleAdmin, roleAuditor, roleSelf))

@@ -48,6 +48,8 @@ type Options struct {
 	PasswordCost            int              // bcrypt cost, default bcrypt.DefaultCost
 	RevokeBatch             int              // sessions revoked per append, default 100
 	Logger                  *slog.Logger
+	// Appended, when set, is told the type of every event stored (metrics).
+	Appended func(eventType string)
 }
 
 // Handler runs commands against the event store.
@@ -115,6 +117,19 @@ func UserStream(id uuid.UUID) string { return "user-" + id.String() }
 func SessionStream(id uuid.UUID) string { return "session-" + id.String() }
 
 func (h *Handler) now() time.Time { return h.opts.Now().UTC() }
+
+// write appends reqs atomically and reports what was stored.
+func (h *Handler) write(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error) {
+	res, err := h.store.Append(ctx, reqs...)
+	if err == nil && h.opts.Appended != nil {
+		for _, r := range reqs {
+			for _, e := range r.Events {
+				h.opts.Appended(e.Type)
+			}
+		}
+	}
+	return res, err
+}
 
 // retry runs attempt until it does not fail with a version conflict, at most
 // MaxRetries+1 times, sleeping a jittered, growing pause between tries.
@@ -291,7 +306,7 @@ func (h *Handler) execUser(ctx context.Context, meta Meta, id uuid.UUID, ifMatch
 			return Result{}, err
 		}
 		reqs := append([]eventstore.AppendRequest{{Stream: UserStream(id), Expected: lu.version, Events: data}}, ch.extra...)
-		res, err := h.store.Append(ctx, reqs...)
+		res, err := h.write(ctx, reqs...)
 		if err != nil {
 			if ifMatch != nil && errors.Is(err, eventstore.ErrWrongVersion) {
 				return Result{}, ErrPreconditionFailed

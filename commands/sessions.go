@@ -80,7 +80,7 @@ func (h *Handler) Login(ctx context.Context, meta Meta, emailAddr, password stri
 	if err != nil {
 		return NewSession{}, err
 	}
-	res, err := h.store.Append(ctx, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: eventstore.NoStream, Events: data})
+	res, err := h.write(ctx, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: eventstore.NoStream, Events: data})
 	if err != nil {
 		return NewSession{}, fmt.Errorf("append %s: %w", SessionStream(sid), err)
 	}
@@ -184,7 +184,7 @@ func (h *Handler) execSession(ctx context.Context, meta Meta, sid uuid.UUID, c s
 		if err != nil {
 			return Result{}, err
 		}
-		res, err := h.store.Append(ctx, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: version, Events: data})
+		res, err := h.write(ctx, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: version, Events: data})
 		if err != nil {
 			return Result{}, fmt.Errorf("append %s: %w", SessionStream(sid), err)
 		}
@@ -249,7 +249,7 @@ func (h *Handler) revokeBatch(ctx context.Context, meta Meta, ids []uuid.UUID, r
 	if len(reqs) == 0 {
 		return Result{}, nil
 	}
-	res, err := h.store.Append(ctx, reqs...)
+	res, err := h.write(ctx, reqs...)
 	if err != nil {
 		return Result{}, fmt.Errorf("append revocations: %w", err)
 	}

@@ -79,6 +79,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*M
 		return nil, fmt.Errorf("read models: %w", err)
 	}
 
+	reg, appended := newRegistry()
 	waiter := &lateWaiter{}
 	var open commands.OpenSessions
 	if cfg.EnableSessionCleanup {
@@ -90,6 +91,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*M
 		MaxRetries:              cfg.MaxRetries,
 		PasswordCost:            cfg.PasswordCost,
 		Logger:                  log,
+		Appended:                func(t string) { appended.WithLabelValues(t).Inc() },
 	})
 	var reactors []projections.Reactor
 	if cfg.EnableSessionCleanup {
@@ -103,7 +105,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*M
 	})
 	waiter.r = m.runner
 	m.expiry = commands.NewExpiry(m.cmd, m.rm, time.Second)
-	m.api = api.NewServer(m.cmd, m.rm, readSide{m}, api.Options{WaitTimeout: cfg.ReadWaitTimeout, Logger: log})
+	reg.MustRegister(newWorkerCollector(m.runner, m.events))
+	m.api = api.NewServer(m.cmd, m.rm, readSide{m}, api.Options{WaitTimeout: cfg.ReadWaitTimeout, Logger: log, Registry: reg})
 	return m, nil
 }
 
@@ -229,9 +232,19 @@ func (r readSide) Ready(ctx context.Context) error {
 		if s.LastError != "" {
 			return fmt.Errorf("%s %s is failing: %s", s.Kind, s.Name, s.LastError)
 		}
+		n, age, err := lag(ctx, r.m.events, s.Position, time.Now())
+		if err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		if n >= lagWindow || age > maxReadyLag {
+			return fmt.Errorf("%s %s is far behind: %d+ events, %s", s.Kind, s.Name, n, age.Round(time.Millisecond))
+		}
 	}
 	return nil
 }
+
+// maxReadyLag is how old the oldest unprocessed event may be while ready.
+const maxReadyLag = 30 * time.Second
 
 func (r readSide) Status(ctx context.Context) any {
 	store := "ok"
