@@ -295,6 +295,13 @@ func (s *Server) Do(t testing.TB, method, path, token string, body any, header .
 
 // Try is Do without a testing.TB, for goroutines: it returns transport errors.
 func (s *Server) Try(method, path, token string, body any, header ...string) (*Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return s.TryContext(ctx, method, path, token, body, header...)
+}
+
+// TryContext is Try under ctx: a client that gives up early.
+func (s *Server) TryContext(ctx context.Context, method, path, token string, body any, header ...string) (*Response, error) {
 	if len(header)%2 != 0 {
 		return nil, errors.New("header must be name, value pairs")
 	}
@@ -315,8 +322,6 @@ func (s *Server) Try(method, path, token string, body any, header ...string) (*R
 			rd = bytes.NewReader(buf)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, s.URL+path, rd)
 	if err != nil {
 		return nil, err

@@ -32,8 +32,8 @@ func lag(ctx context.Context, src lagSource, pos eventstore.Position, now time.T
 
 // workerCollector exposes the projections' and workflows' progress at scrape time.
 type workerCollector struct {
-	runner *projections.Runner
-	src    lagSource
+	runner                                               *projections.Runner
+	src                                                  lagSource
 	pos, lagEvents, lagSeconds, parked, failing, running *prometheus.Desc
 }
 
