@@ -20,6 +20,7 @@ import (
 	"evident/eventstore/sqlite"
 	"evident/internal/sqlitedb"
 	"evident/projections"
+	"evident/projections/integration"
 	"evident/readmodels"
 )
 
@@ -36,6 +37,8 @@ type Main struct {
 	runner *projections.Runner
 	expiry *commands.Expiry
 	api    *api.Server
+	// publisher sends integration events when EVIDENT_AMQP_URL is set.
+	publisher *integration.Publisher
 }
 
 // lateWaiter breaks the knot between the handler (whose deactivations wait
@@ -99,6 +102,10 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*M
 	}
 	if cfg.EnableAutoActivation {
 		reactors = append(reactors, commands.NewAutoActivation(m.cmd))
+	}
+	if cfg.AMQPURL != "" {
+		m.publisher = integration.NewPublisher(cfg.AMQPURL, integration.Options{Logger: log})
+		reactors = append(reactors, m.publisher)
 	}
 	m.runner = projections.NewRunner(m.events, m.rm, cfg.projections(), projections.Options{
 		MaxRetries: cfg.MaxRetries, RetryDelay: cfg.RetryDelay, Logger: log, Reactors: reactors,
@@ -187,6 +194,9 @@ func (m *Main) bootstrapAdmin(ctx context.Context) error {
 // Close releases everything Open acquired.
 func (m *Main) Close() error {
 	var errs []error
+	if m.publisher != nil {
+		errs = append(errs, m.publisher.Close())
+	}
 	if m.events != nil {
 		errs = append(errs, m.events.Close())
 	}
@@ -220,12 +230,17 @@ func (r readSide) WaitFor(ctx context.Context, pos eventstore.Position) error {
 	return r.m.runner.WaitFor(ctx, pos)
 }
 
-// Ready is false while the store cannot be read or a projection is failing.
+// Ready is false while the store cannot be read or a projection is failing
+// or far behind. Workflows do not count: queries are still right while one
+// waits for a broker; /v1/workflows/status shows them.
 func (r readSide) Ready(ctx context.Context) error {
 	if err := r.m.db.Read.PingContext(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	for _, s := range r.m.runner.Status() {
+		if s.Kind != projections.KindProjection {
+			continue
+		}
 		if !s.Running {
 			return fmt.Errorf("%s %s is not running", s.Kind, s.Name)
 		}

@@ -24,6 +24,7 @@ type Config struct {
 	DataDir       string `env:"EVIDENT_DATA_DIR" envDefault:"./data"`
 	HTTPAddr      string `env:"EVIDENT_HTTP_ADDR" envDefault:":8080"`
 	EventStoreURL string `env:"EVIDENT_EVENTSTORE_URL"`
+	AMQPURL       string `env:"EVIDENT_AMQP_URL"`
 	DatabaseURL   string `env:"EVIDENT_DATABASE_URL"`
 
 	BootstrapAdminEmail    string `env:"EVIDENT_BOOTSTRAP_ADMIN_EMAIL"`
@@ -107,6 +108,9 @@ func (c Config) Validate() error {
 	}
 	if c.DatabaseURL != "" {
 		errs = append(errs, fmt.Errorf("EVIDENT_DATABASE_URL: %q is not supported by this build yet; leave it empty for the embedded SQLite store", redactURL(c.DatabaseURL)))
+	}
+	if c.AMQPURL != "" && !strings.HasPrefix(c.AMQPURL, "amqp://") && !strings.HasPrefix(c.AMQPURL, "amqps://") {
+		errs = append(errs, fmt.Errorf("EVIDENT_AMQP_URL %q: want amqp:// or amqps://", redactURL(c.AMQPURL)))
 	}
 	if (c.BootstrapAdminEmail == "") != (c.BootstrapAdminPassword == "") {
 		errs = append(errs, errors.New("EVIDENT_BOOTSTRAP_ADMIN_EMAIL and EVIDENT_BOOTSTRAP_ADMIN_PASSWORD go together"))
