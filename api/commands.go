@@ -106,7 +106,7 @@ func (s *Server) register(c echo.Context) error {
 		return problem(http.StatusForbidden, "forbidden", "only an admin may assign roles")
 	}
 	res, err := s.cmd.Register(c.Request().Context(), s.meta(c),
-		commands.RegisterInput{Email: req.Email, Name: req.Name, Password: req.Password, Roles: req.Roles})
+		commands.RegisterInput{Email: req.Email, Name: req.Name, Password: req.Password, Roles: req.Roles, UserID: derivedID(c)})
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 )
 
@@ -39,6 +40,7 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 		scope := actor(c) // anonymous requests share one scope: keys must be unguessable
 		ctx := c.Request().Context()
 
+		c.Set(idempotencyKey, scope+"\n"+key+"\n"+fingerprint)
 		prev, err := s.q.BeginIdempotent(ctx, scope, key, fingerprint)
 		if err != nil {
 			return err
@@ -79,6 +81,23 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		return nil
 	}
+}
+
+const idempotencyKey = "evident.idempotency"
+
+// idNamespace derives the ids of resources a keyed request creates.
+var idNamespace = uuid.MustParse("6f1c2a4e-8d0b-4c59-9e57-3b2f0d7a9c11")
+
+// derivedID is the id a keyed request gives what it creates, the same on
+// every retry of that request, so a retry that runs again after a crash
+// finds the first attempt's work instead of doing it twice. Without a key it
+// is uuid.Nil and the command picks a fresh id.
+func derivedID(c echo.Context) uuid.UUID {
+	v, ok := c.Get(idempotencyKey).(string)
+	if !ok {
+		return uuid.Nil
+	}
+	return uuid.NewSHA1(idNamespace, []byte(v))
 }
 
 // redact drops secret fields from a JSON object body.

@@ -250,25 +250,35 @@ func (h *Handler) loadClaim(ctx context.Context, normalized string) (owner uuid.
 }
 
 func (h *Handler) loadSession(ctx context.Context, id uuid.UUID) (session.State, int64, error) {
+	s, version, _, err := h.loadSessionAt(ctx, id)
+	return s, version, err
+}
+
+// loadSessionAt is loadSession that also returns the global position of the
+// stream's last event (zero for an empty stream).
+func (h *Handler) loadSessionAt(ctx context.Context, id uuid.UUID) (session.State, int64, eventstore.Position, error) {
 	recs, err := h.store.ReadStream(ctx, SessionStream(id), 0)
 	if err != nil {
-		return session.State{}, 0, fmt.Errorf("read %s: %w", SessionStream(id), err)
+		return session.State{}, 0, eventstore.Position{}, fmt.Errorf("read %s: %w", SessionStream(id), err)
 	}
-	var s session.State
+	var (
+		s    session.State
+		last eventstore.Position
+	)
 	version := eventstore.NoStream
 	for _, r := range recs {
 		md, err := decodeMeta(r)
 		if err != nil {
-			return session.State{}, 0, err
+			return session.State{}, 0, eventstore.Position{}, err
 		}
 		e, err := session.Decode(r.Type, md.SchemaVersion, r.Data)
 		if err != nil {
-			return session.State{}, 0, fmt.Errorf("stream %s version %d: %w", r.Stream, r.Version, err)
+			return session.State{}, 0, eventstore.Position{}, fmt.Errorf("stream %s version %d: %w", r.Stream, r.Version, err)
 		}
 		s = session.Evolve(s, e)
-		version = r.Version
+		version, last = r.Version, r.Position
 	}
-	return s, version, nil
+	return s, version, last, nil
 }
 
 // change is what one attempt at a user command decided.

@@ -197,7 +197,8 @@ func (h *Handler) execSession(ctx context.Context, meta Meta, sid uuid.UUID, c s
 // first lets the sessions read model catch up to after (bounded), so that
 // every login before the triggering event is seen; a login that lands later
 // is caught by the cleanup workflow. Sessions closed meanwhile are skipped.
-// It returns the position of the last revocation written.
+// It returns the position of the last revocation written, or of the event
+// that closed a skipped session, whichever is later.
 func (h *Handler) RevokeUserSessions(ctx context.Context, meta Meta, userID uuid.UUID, after eventstore.Position, reason string) (eventstore.Position, error) {
 	if h.sessions == nil {
 		return eventstore.Position{}, nil
@@ -231,13 +232,20 @@ func (h *Handler) RevokeUserSessions(ctx context.Context, meta Meta, userID uuid
 func (h *Handler) revokeBatch(ctx context.Context, meta Meta, ids []uuid.UUID, reason string) (Result, error) {
 	now := h.now()
 	reqs := make([]eventstore.AppendRequest, 0, len(ids))
+	// closedAt is where the sessions someone else closed meanwhile (the
+	// cleanup workflow racing a deactivation) were closed: the caller's answer
+	// must wait for those events too, or the read side still shows them open.
+	var closedAt eventstore.Position
 	for _, sid := range ids {
-		s, version, err := h.loadSession(ctx, sid)
+		s, version, last, err := h.loadSessionAt(ctx, sid)
 		if err != nil {
 			return Result{}, err
 		}
 		evs, err := session.Decide(s, session.Revoke{Reason: reason, By: meta.ActorID}, now)
 		if err != nil || len(evs) == 0 {
+			if closedAt.Less(last) {
+				closedAt = last
+			}
 			continue // unknown or already closed: nothing to revoke
 		}
 		data, err := encode(meta, now, session.SchemaVersion, evs)
@@ -247,11 +255,15 @@ func (h *Handler) revokeBatch(ctx context.Context, meta Meta, ids []uuid.UUID, r
 		reqs = append(reqs, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: version, Events: data})
 	}
 	if len(reqs) == 0 {
-		return Result{}, nil
+		return Result{Position: closedAt}, nil
 	}
 	res, err := h.write(ctx, reqs...)
 	if err != nil {
 		return Result{}, fmt.Errorf("append revocations: %w", err)
 	}
-	return Result{Position: res.Position, Appended: len(reqs)}, nil
+	pos := res.Position
+	if pos.Less(closedAt) {
+		pos = closedAt
+	}
+	return Result{Position: pos, Appended: len(reqs)}, nil
 }

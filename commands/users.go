@@ -22,6 +22,10 @@ type RegisterInput struct {
 	Name     string
 	Password string // optional
 	Roles    []string
+	// UserID, when not nil, is the id to give the user: a retried request
+	// that names the same id (derived from its Idempotency-Key) finds the
+	// user it made the first time and succeeds without appending again.
+	UserID uuid.UUID
 }
 
 // Register creates a user and claims its address in one atomic append; of
@@ -39,9 +43,11 @@ func (h *Handler) Register(ctx context.Context, meta Meta, in RegisterInput) (Re
 	if err != nil {
 		return Result{}, err
 	}
-	id, err := uuid.NewV7()
-	if err != nil {
-		return Result{}, err
+	id := in.UserID
+	if id == uuid.Nil {
+		if id, err = uuid.NewV7(); err != nil {
+			return Result{}, err
+		}
 	}
 	credID, err := h.storePassword(ctx, id, in.Password, in.Password != "")
 	if err != nil {
@@ -52,12 +58,15 @@ func (h *Handler) Register(ctx context.Context, meta Meta, in RegisterInput) (Re
 	}
 	cmd := user.Register{UserID: id, Email: addr, Name: name, Roles: roles, CredentialID: credID}
 	return h.execUser(ctx, meta, id, nil, func(lu loadedUser, now time.Time) (change, error) {
+		if lu.state.Exists && lu.state.Email == addr && in.UserID != uuid.Nil {
+			return change{}, nil // the retry of a registration that was stored
+		}
 		owner, version, err := h.loadClaim(ctx, addr)
 		if err != nil {
 			return change{}, err
 		}
 		claim, err := email.Claim(owner, id)
-		if err != nil {
+		if err != nil || len(claim) == 0 {
 			return change{}, ErrEmailTaken
 		}
 		evs, err := user.Decide(lu.state, cmd, now)

@@ -1,0 +1,827 @@
+package postgres
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+
+	"evident/eventstore"
+)
+
+// Limits of one Append, the same as the SQLite adapter's so that an append
+// accepted by one store is accepted by the other. A larger append fails with
+// eventstore.ErrTooLarge before anything is sent.
+const (
+	// MaxAppendEvents is the most events one Append may write, over all requests.
+	MaxAppendEvents = 5000
+	// MaxAppendBytes is the most data plus metadata bytes one Append may write.
+	MaxAppendBytes = 8 << 20
+)
+
+const (
+	// versionTable is goose's bookkeeping table for this package's
+	// migrations, separate from the read models' in the same schema.
+	versionTable = "goose_eventstore"
+
+	// fallbackWake bounds how long Wait sleeps without a notification. A
+	// transaction that was holding the read horizon back (see Store) may end
+	// without notifying, and a notification is lost while the listener
+	// reconnects.
+	fallbackWake = time.Second
+
+	// holdBackWait bounds how long ReadAll waits for the read horizon to pass
+	// events that are committed but not yet safe to hand out, before it
+	// returns without them.
+	holdBackWait = time.Second
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Store is the event log in PostgreSQL.
+//
+// # Order without skips
+//
+// An identity or sequence value is taken when a row is inserted but becomes
+// visible when its transaction commits, and transactions commit in any order.
+// A reader asking for "seq > N" can therefore see 11 before 10 commits, move
+// its checkpoint to 11, and never see 10 — a lost event, which projections
+// must never have (DESIGN §4).
+//
+// Each row therefore also stores the id of the transaction that wrote it (tx,
+// xid8, assigned by a column default), and the log order is (tx, seq): all of
+// one append's events are contiguous, in the order appended. ReadAll returns
+// only rows whose tx is below pg_snapshot_xmin(pg_current_snapshot()), the
+// oldest transaction id still running when its statement's snapshot was
+// taken. Every transaction below that xmin has finished: committed (and
+// visible to the read) or aborted (and never visible). Every transaction that
+// commits later has an id at or above xmin, so it sorts after everything
+// already read. A reader that saw position P can never later find an event
+// before P. Position is {Commit: tx, Prepare: seq}.
+//
+// The price: any transaction in the cluster that holds a transaction id
+// (that has written anything, in any database) holds the horizon back while
+// it runs. Appends are short, so readers normally trail the head by
+// milliseconds; a long-running write transaction (a bulk migration, a
+// forgotten idle-in-transaction session, a prepared transaction) stalls every
+// reader of the log until it ends, although appends keep succeeding.
+// Read-only transactions have no transaction id and hold nothing back.
+// ReadAll hides this from callers that have just appended: when everything
+// after their position is committed but still above the horizon, it waits
+// (up to holdBackWait) for the horizon to pass rather than return nothing.
+//
+// # Expected versions
+//
+// The streams table holds each stream's version. An append updates each
+// stream's row in the same transaction, in stream-name order so that two
+// multi-stream appends cannot deadlock: an exact version is an UPDATE guarded
+// by the version, NoStream an INSERT that does nothing on conflict, Any an
+// upsert. A guard that matches no row is eventstore.ErrWrongVersion; under
+// READ COMMITTED a guard that waited on a concurrent append re-checks the row
+// that append committed.
+//
+// # Waking readers
+//
+// Every append sends pg_notify on a channel named after the schema, which
+// PostgreSQL delivers at commit. The first Wait starts one listener
+// connection, taken out of the pool, that wakes every waiter; it reconnects
+// with backoff when it drops, and Wait also wakes every fallbackWake.
+type Store struct {
+	pool    *pgxpool.Pool
+	channel string // the NOTIFY channel of this schema's log
+
+	// Test hooks, set before the Store is used. beforeCommit runs inside
+	// every append transaction just before COMMIT; naive makes ReadAll
+	// read "seq > after" the way a skipping reader would.
+	beforeCommit func(ctx context.Context)
+	naive        bool
+
+	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced on every wake-up
+	listening bool
+	closed    bool
+	stop      context.CancelFunc // ends the listener
+	stopped   chan struct{}      // closed when the listener has ended
+}
+
+var _ eventstore.Store = (*Store)(nil)
+
+// New returns a Store on pool, creating or migrating its tables in the
+// connection's current schema first. It starts no goroutine. The Store does
+// not own pool: Close leaves it open for the caller to close. The listener
+// (see Wait) takes one connection out of the pool for good; the pool opens
+// another in its place.
+//
+// Errors wrap eventstore.ErrUnavailable when the server cannot be reached.
+func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
+	if pool == nil {
+		return nil, errors.New("postgres eventstore: nil pool")
+	}
+	var schema string
+	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return nil, wrap(ctx, "read current schema", err)
+	}
+	if schema == "" {
+		return nil, errors.New("postgres eventstore: no current schema: the search_path names no existing schema")
+	}
+	if err := migrate(ctx, pool, schema); err != nil {
+		return nil, err
+	}
+	return &Store{pool: pool, channel: channelName(schema), changed: make(chan struct{})}, nil
+}
+
+// channelName is the NOTIFY channel for the log in schema: one per schema,
+// so that stores in different schemas of one database do not wake each
+// other, and at most 63 bytes, the longest name PostgreSQL keeps.
+func channelName(schema string) string {
+	const prefix = "evident_events:"
+	if len(prefix)+len(schema) <= 63 {
+		return prefix + schema
+	}
+	sum := sha256.Sum256([]byte(schema))
+	return prefix + hex.EncodeToString(sum[:16])
+}
+
+// migrate runs this package's migrations under an advisory lock scoped to the
+// schema, so that several processes starting at once migrate one at a time.
+// goose runs the lock and the migrations on one connection.
+func migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	fsys, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return fmt.Errorf("postgres eventstore: load migrations: %w", err)
+	}
+	// Closing this *sql.DB closes only the connections it took from pool,
+	// never pool itself.
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
+		goose.WithTableName(versionTable),
+		goose.WithSessionLocker(schemaLock("evident eventstore migrations "+schema)),
+		// Only this package's SQL files: never Go migrations another package
+		// registered globally.
+		goose.WithDisableGlobalRegistry(true),
+	)
+	if err != nil {
+		return fmt.Errorf("postgres eventstore: load migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return wrap(ctx, "migrate", err)
+	}
+	return nil
+}
+
+// schemaLock is a session advisory lock named by a string. Unlike goose's
+// own Postgres locker, which polls every five seconds under one lock for the
+// whole database, it blocks until the lock is free (or ctx ends), and stores
+// in different schemas do not wait for each other.
+type schemaLock string
+
+func (l schemaLock) SessionLock(ctx context.Context, conn *sql.Conn) error {
+	_, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock(hashtextextended($1, 0))`, string(l))
+	return err
+}
+
+func (l schemaLock) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
+	_, err := conn.ExecContext(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, string(l))
+	return err
+}
+
+// Close stops the listener and wakes every Wait in progress. It does not
+// close the pool given to New: the caller opened it, shares it, and closes it.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	stop, stopped := s.stop, s.stopped
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-stopped
+	}
+	s.wake()
+	return nil
+}
+
+// Count returns the number of events in the log.
+func (s *Store) Count(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+		return 0, wrap(ctx, "count events", err)
+	}
+	return n, nil
+}
+
+// Append writes every request in one transaction, all or nothing, and
+// returns the position of the last event written.
+//
+// Errors: eventstore.ErrInvalid for an empty request, stream name or type, a
+// nil or repeated event id, or an expected version below eventstore.Any;
+// eventstore.ErrTooLarge past MaxAppendEvents or MaxAppendBytes;
+// eventstore.ErrWrongVersion when any stream is not at its expected version
+// (or, rarely, when the server aborted the transaction as a deadlock or
+// serialization failure: re-reading and retrying is the right answer to
+// both); eventstore.ErrUnavailable when the server cannot be reached. An
+// ErrUnavailable from the commit leaves the outcome unknown; retrying the
+// same append is safe.
+//
+// When the first event id is already in the log the append is a retry:
+// nothing is written and the earlier result is returned, or ErrInvalid if the
+// rest of the request does not match what was written. The retry is
+// recognised after the conflict it causes, so it costs nothing on the normal
+// path, and a retry racing its own first attempt waits on that attempt's row
+// locks and then sees it committed.
+func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error) {
+	if err := validate(reqs); err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	res, err := s.append(ctx, reqs)
+	if err == nil {
+		s.wake() // waiters in this process need not wait for the round trip
+		return res, nil
+	}
+	if !errors.Is(err, eventstore.ErrWrongVersion) && !errors.Is(err, errIDTaken) {
+		return eventstore.AppendResult{}, err
+	}
+	earlier, found, lerr := s.earlierResult(ctx, reqs)
+	switch {
+	case lerr != nil:
+		return eventstore.AppendResult{}, lerr
+	case found:
+		return earlier, nil
+	case errors.Is(err, errIDTaken):
+		return eventstore.AppendResult{}, fmt.Errorf("%w: %w", err, eventstore.ErrInvalid)
+	}
+	return eventstore.AppendResult{}, err
+}
+
+// errIDTaken marks an insert that hit the unique event id; Append decides
+// whether that is a retry or ErrInvalid.
+var errIDTaken = errors.New("event id is already in the log")
+
+// streamPlan is what one append does to one stream's row.
+type streamPlan struct {
+	stream   string
+	expected int64 // of the first request naming the stream
+	events   int64 // over every request naming it
+	start    int64 // the version before the append, once known
+}
+
+func (s *Store) append(ctx context.Context, reqs []eventstore.AppendRequest) (_ eventstore.AppendResult, err error) {
+	plans := planStreams(reqs)
+
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return eventstore.AppendResult{}, wrap(ctx, "begin append", err)
+	}
+	// A no-op after Commit.
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	// 1. Check and move every stream's version, in stream-name order.
+	b := &pgx.Batch{}
+	for _, p := range plans {
+		switch p.expected {
+		case eventstore.NoStream:
+			b.Queue(`INSERT INTO streams (stream, version) VALUES ($1, $2) ON CONFLICT (stream) DO NOTHING`,
+				p.stream, p.events-1)
+		case eventstore.Any:
+			b.Queue(`INSERT INTO streams AS s (stream, version) VALUES ($1, $2 - 1)
+				ON CONFLICT (stream) DO UPDATE SET version = s.version + $2 RETURNING version`,
+				p.stream, p.events)
+		default:
+			b.Queue(`UPDATE streams SET version = $2 WHERE stream = $1 AND version = $3`,
+				p.stream, p.expected+p.events, p.expected)
+		}
+	}
+	if err := s.checkStreams(ctx, tx.SendBatch(ctx, b), plans); err != nil {
+		return eventstore.AppendResult{}, err
+	}
+
+	// 2. Later requests on a stream named earlier in this append are checked
+	// against the version the earlier ones leave.
+	current := make(map[string]int64, len(plans))
+	for _, p := range plans {
+		current[p.stream] = p.start
+	}
+	res := eventstore.AppendResult{Versions: make([]int64, len(reqs))}
+	b = &pgx.Batch{}
+	for i, r := range reqs {
+		v := current[r.Stream]
+		if r.Expected != eventstore.Any && r.Expected != v {
+			return eventstore.AppendResult{}, fmt.Errorf("postgres eventstore: append to %q: expected version %d, stream is at %d: %w",
+				r.Stream, r.Expected, v, eventstore.ErrWrongVersion)
+		}
+		for _, e := range r.Events {
+			v++
+			b.Queue(`INSERT INTO events (event_id, stream, version, type, data, metadata)
+				VALUES ($1, $2, $3, $4, $5, $6) RETURNING tx::text::bigint, seq`,
+				e.ID, r.Stream, v, e.Type, bytesOf(e.Data), bytesOf(e.Metadata))
+		}
+		current[r.Stream] = v
+		res.Versions[i] = v
+	}
+	// Delivered when the transaction commits, not before.
+	b.Queue(`SELECT pg_notify($1, '')`, s.channel)
+
+	// 3. Insert the events in request order and learn the last position.
+	br := tx.SendBatch(ctx, b)
+	for _, r := range reqs {
+		for _, e := range r.Events {
+			var txid, seq int64
+			if err := br.QueryRow().Scan(&txid, &seq); err != nil {
+				_ = br.Close()
+				return eventstore.AppendResult{}, insertError(ctx, r.Stream, e.ID, err)
+			}
+			res.Position = eventstore.Position{Commit: uint64(txid), Prepare: uint64(seq)}
+		}
+	}
+	if err := br.Close(); err != nil {
+		return eventstore.AppendResult{}, wrap(ctx, "append: notify", err)
+	}
+
+	if s.beforeCommit != nil {
+		s.beforeCommit(ctx)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return eventstore.AppendResult{}, wrap(ctx, "commit append", err)
+	}
+	return res, nil
+}
+
+// planStreams groups the requests by stream, sorted by name: the order in
+// which an append takes the streams' row locks.
+func planStreams(reqs []eventstore.AppendRequest) []streamPlan {
+	byName := make(map[string]int, len(reqs))
+	var plans []streamPlan
+	for _, r := range reqs {
+		i, ok := byName[r.Stream]
+		if !ok {
+			i = len(plans)
+			byName[r.Stream] = i
+			plans = append(plans, streamPlan{stream: r.Stream, expected: r.Expected})
+		}
+		plans[i].events += int64(len(r.Events))
+	}
+	slices.SortFunc(plans, func(a, b streamPlan) int {
+		switch {
+		case a.stream < b.stream:
+			return -1
+		case a.stream > b.stream:
+			return 1
+		}
+		return 0
+	})
+	return plans
+}
+
+// checkStreams reads the results of the streams batch into plans' start
+// versions, failing with ErrWrongVersion at the first guard that matched
+// nothing.
+func (s *Store) checkStreams(ctx context.Context, br pgx.BatchResults, plans []streamPlan) (err error) {
+	defer func() {
+		if cerr := br.Close(); cerr != nil && err == nil {
+			err = wrap(ctx, "append: check versions", cerr)
+		}
+	}()
+	for i := range plans {
+		p := &plans[i]
+		if p.expected == eventstore.Any {
+			var v int64
+			if err := br.QueryRow().Scan(&v); err != nil {
+				return wrap(ctx, fmt.Sprintf("append to %q: move version", p.stream), err)
+			}
+			p.start = v - p.events
+			continue
+		}
+		tag, err := br.Exec()
+		if err != nil {
+			return wrap(ctx, fmt.Sprintf("append to %q: move version", p.stream), err)
+		}
+		if tag.RowsAffected() == 0 {
+			want := "no stream"
+			if p.expected >= 0 {
+				want = fmt.Sprintf("version %d", p.expected)
+			}
+			return fmt.Errorf("postgres eventstore: append to %q: expected %s: %w", p.stream, want, eventstore.ErrWrongVersion)
+		}
+		p.start = p.expected
+	}
+	return nil
+}
+
+// insertError maps a failed event insert. The streams row makes a (stream,
+// version) clash impossible for appends made through this package; it is
+// still mapped, in case something else wrote the table.
+func insertError(ctx context.Context, stream string, id uuid.UUID, err error) error {
+	switch uniqueViolation(err) {
+	case "events_event_id_key":
+		return fmt.Errorf("postgres eventstore: append to %q: event %s: %w", stream, id, errIDTaken)
+	case "events_stream_version_key":
+		return fmt.Errorf("postgres eventstore: append to %q: %w (%w)", stream, eventstore.ErrWrongVersion, err)
+	}
+	return wrap(ctx, fmt.Sprintf("append to %q", stream), err)
+}
+
+func bytesOf(b []byte) []byte {
+	if b == nil {
+		return []byte{} // NOT NULL; read back as nil, as from SQLite
+	}
+	return b
+}
+
+func validate(reqs []eventstore.AppendRequest) error {
+	if len(reqs) == 0 {
+		return fmt.Errorf("postgres eventstore: append without requests: %w", eventstore.ErrInvalid)
+	}
+	var events, size int
+	ids := make(map[uuid.UUID]struct{})
+	for i, r := range reqs {
+		switch {
+		case r.Stream == "":
+			return fmt.Errorf("postgres eventstore: request %d: empty stream name: %w", i, eventstore.ErrInvalid)
+		case len(r.Events) == 0:
+			return fmt.Errorf("postgres eventstore: append to %q: no events: %w", r.Stream, eventstore.ErrInvalid)
+		case r.Expected < eventstore.Any:
+			return fmt.Errorf("postgres eventstore: append to %q: bad expected version %d: %w", r.Stream, r.Expected, eventstore.ErrInvalid)
+		}
+		for j, e := range r.Events {
+			switch {
+			case e.ID == uuid.Nil:
+				return fmt.Errorf("postgres eventstore: append to %q: event %d has no id: %w", r.Stream, j, eventstore.ErrInvalid)
+			case e.Type == "":
+				return fmt.Errorf("postgres eventstore: append to %q: event %s has no type: %w", r.Stream, e.ID, eventstore.ErrInvalid)
+			}
+			if _, dup := ids[e.ID]; dup {
+				return fmt.Errorf("postgres eventstore: append to %q: event id %s appears twice: %w", r.Stream, e.ID, eventstore.ErrInvalid)
+			}
+			ids[e.ID] = struct{}{}
+			size += len(e.Data) + len(e.Metadata)
+		}
+		events += len(r.Events)
+	}
+	if events > MaxAppendEvents {
+		return fmt.Errorf("postgres eventstore: %d events in one append, limit %d: %w", events, MaxAppendEvents, eventstore.ErrTooLarge)
+	}
+	if size > MaxAppendBytes {
+		return fmt.Errorf("postgres eventstore: %d bytes in one append, limit %d: %w", size, MaxAppendBytes, eventstore.ErrTooLarge)
+	}
+	return nil
+}
+
+// earlierResult finds an append already written with the same event ids.
+// found is false when the first event id is not in the log. The log keeps no
+// record of where one append ended, so a request counts as a retry when every
+// one of its events is in the log, in its stream, at consecutive versions;
+// anything else that reuses the first id is ErrInvalid.
+func (s *Store) earlierResult(ctx context.Context, reqs []eventstore.AppendRequest) (res eventstore.AppendResult, found bool, err error) {
+	var all []uuid.UUID
+	for _, r := range reqs {
+		for _, e := range r.Events {
+			all = append(all, e.ID)
+		}
+	}
+	rows, err := s.pool.Query(ctx,
+		`SELECT event_id, stream, version, tx::text::bigint, seq FROM events WHERE event_id = ANY($1)`, all)
+	if err != nil {
+		return res, false, wrap(ctx, "retry check", err)
+	}
+	type at struct {
+		stream  string
+		version int64
+		pos     eventstore.Position
+	}
+	found2 := make(map[uuid.UUID]at, len(all))
+	for rows.Next() {
+		var (
+			id      uuid.UUID
+			a       at
+			txid, q int64
+		)
+		if err := rows.Scan(&id, &a.stream, &a.version, &txid, &q); err != nil {
+			rows.Close()
+			return res, false, wrap(ctx, "retry check", err)
+		}
+		a.pos = eventstore.Position{Commit: uint64(txid), Prepare: uint64(q)}
+		found2[id] = a
+	}
+	if err := rows.Err(); err != nil {
+		return res, false, wrap(ctx, "retry check", err)
+	}
+
+	first := reqs[0].Events[0].ID
+	if _, ok := found2[first]; !ok {
+		return res, false, nil
+	}
+	res.Versions = make([]int64, len(reqs))
+	for i, r := range reqs {
+		var prev int64
+		for j, e := range r.Events {
+			a, ok := found2[e.ID]
+			if !ok || a.stream != r.Stream || (j > 0 && a.version != prev+1) {
+				return eventstore.AppendResult{}, false, fmt.Errorf(
+					"postgres eventstore: event %s is in the log but this append is not a retry of the one that wrote it (event %s differs): %w",
+					first, e.ID, eventstore.ErrInvalid)
+			}
+			prev = a.version
+			if res.Position.Less(a.pos) {
+				res.Position = a.pos
+			}
+		}
+		res.Versions[i] = prev
+	}
+	return res, true, nil
+}
+
+const selectEvents = `SELECT tx::text::bigint, seq, event_id, stream, version, type, data, metadata, recorded_at FROM events`
+
+// ReadStream returns the stream's events with version >= from, oldest first;
+// a negative from reads from the start. A stream that does not exist has no
+// events. An empty name is eventstore.ErrInvalid; every read error is
+// returned, wrapping eventstore.ErrUnavailable when the server cannot be
+// reached.
+//
+// A stream's versions are handed out under its streams row lock, so they
+// commit in version order and a stream read needs no horizon.
+func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]eventstore.RecordedEvent, error) {
+	if stream == "" {
+		return nil, fmt.Errorf("postgres eventstore: read stream: empty stream name: %w", eventstore.ErrInvalid)
+	}
+	rows, err := s.pool.Query(ctx, selectEvents+` WHERE stream = $1 AND version >= $2 ORDER BY version`, stream, max(from, 0))
+	if err != nil {
+		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
+	}
+	evs, _, err := scanEvents(rows, false)
+	if err != nil {
+		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
+	}
+	return evs, nil
+}
+
+// readAll reads up to limit events after after and stops at the first one
+// whose transaction is not below the horizon (see Store). held is the
+// transaction id of that first event held back, or zero.
+const readAll = `WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
+SELECT h.horizon, e.tx::text::bigint, e.seq, e.event_id, e.stream, e.version, e.type, e.data, e.metadata, e.recorded_at
+FROM h LEFT JOIN LATERAL (
+	SELECT * FROM events WHERE (tx, seq) > ($1::bigint::text::xid8, $2) ORDER BY tx, seq LIMIT $3
+) e ON true
+ORDER BY e.tx, e.seq`
+
+// ReadAll returns up to limit events with a position strictly after after, in
+// log order, never one that a later call could precede with a lower position
+// (see Store). When every event after after is committed but still above the
+// horizon, it waits up to holdBackWait for the horizon to pass the first of
+// them, so that a caller reads its own appends; it may then return fewer
+// than limit events, or none, and callers read again. A limit below one is
+// eventstore.ErrInvalid.
+func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("postgres eventstore: read all: limit %d: %w", limit, eventstore.ErrInvalid)
+	}
+	if s.naive {
+		return s.readAllNaive(ctx, after, limit)
+	}
+	if after.Commit > math.MaxInt64 {
+		return nil, nil
+	}
+	prepare := int64(min(after.Prepare, math.MaxInt64))
+	evs, held, err := s.readAllOnce(ctx, after, prepare, limit)
+	if err != nil || len(evs) > 0 || held == 0 {
+		return evs, err
+	}
+	if err := s.awaitHorizon(ctx, held); err != nil {
+		return nil, err
+	}
+	evs, _, err = s.readAllOnce(ctx, after, prepare, limit)
+	return evs, err
+}
+
+func (s *Store) readAllOnce(ctx context.Context, after eventstore.Position, prepare int64, limit int) ([]eventstore.RecordedEvent, uint64, error) {
+	rows, err := s.pool.Query(ctx, readAll, int64(after.Commit), prepare, limit)
+	if err != nil {
+		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
+	}
+	evs, held, err := scanEvents(rows, true)
+	if err != nil {
+		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
+	}
+	return evs, held, nil
+}
+
+// awaitHorizon polls, with backoff, until the horizon has passed transaction
+// held or holdBackWait has gone by. Transactions that hold the horizon are
+// normally other appends, a few milliseconds from their commit.
+func (s *Store) awaitHorizon(ctx context.Context, held uint64) error {
+	deadline := time.Now().Add(holdBackWait)
+	pause := time.Millisecond
+	for {
+		var passed bool
+		err := s.pool.QueryRow(ctx,
+			`SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::bigint::text::xid8`, int64(held)).Scan(&passed)
+		if err != nil {
+			return wrap(ctx, "read horizon", err)
+		}
+		if passed || time.Now().Add(pause).After(deadline) {
+			return nil
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		pause = min(2*pause, 25*time.Millisecond)
+	}
+}
+
+// readAllNaive is the reader Store's design exists to avoid: it takes seq
+// alone as the position. Only tests use it, to show that it skips.
+func (s *Store) readAllNaive(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
+	rows, err := s.pool.Query(ctx, selectEvents+` WHERE seq > $1 ORDER BY seq LIMIT $2`, int64(min(after.Commit, math.MaxInt64)), limit)
+	if err != nil {
+		return nil, wrap(ctx, "naive read all", err)
+	}
+	evs, _, err := scanEvents(rows, false)
+	if err != nil {
+		return nil, wrap(ctx, "naive read all", err)
+	}
+	for i := range evs {
+		evs[i].Position = eventstore.At(evs[i].Position.Prepare)
+	}
+	return evs, nil
+}
+
+// scanEvents reads rows of selectEvents or, withHorizon, of readAll: then it
+// keeps only the events below the horizon and returns the transaction id of
+// the first one held back as held.
+func scanEvents(rows pgx.Rows, withHorizon bool) (_ []eventstore.RecordedEvent, held uint64, err error) {
+	defer rows.Close()
+	var evs []eventstore.RecordedEvent
+	for rows.Next() {
+		var (
+			e              eventstore.RecordedEvent
+			txid, seq      *int64
+			h              int64
+			id             *uuid.UUID
+			stream, typ    *string
+			version        *int64
+			data, metadata []byte
+			recordedAt     *time.Time
+		)
+		dest := []any{&txid, &seq, &id, &stream, &version, &typ, &data, &metadata, &recordedAt}
+		if withHorizon {
+			dest = append([]any{&h}, dest...)
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, 0, err
+		}
+		if txid == nil {
+			break // readAll's one row of horizon without events
+		}
+		if withHorizon && *txid >= h {
+			if held == 0 {
+				held = uint64(*txid)
+			}
+			continue
+		}
+		e.Position = eventstore.Position{Commit: uint64(*txid), Prepare: uint64(*seq)}
+		e.ID, e.Stream, e.Version, e.Type = *id, *stream, *version, *typ
+		e.RecordedAt = recordedAt.UTC()
+		if len(data) > 0 {
+			e.Data = data
+		}
+		if len(metadata) > 0 {
+			e.Metadata = metadata
+		}
+		evs = append(evs, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	return evs, held, nil
+}
+
+// Wait returns nil as soon as an event after after is readable, when an
+// append commits anywhere on this schema's log, or after fallbackWake;
+// callers re-read. It returns ctx's error when ctx ends first. The first Wait
+// starts the listener (see Store); Close stops it.
+func (s *Store) Wait(ctx context.Context, after eventstore.Position) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Take the channel before looking, so a commit between the look and the
+	// select still wakes us.
+	changed := s.subscribe()
+
+	// The first event after after decides: events above the horizon come
+	// after every event below it. Written as a one-row index walk so that
+	// no statistics can turn it into a table scan.
+	var exists bool
+	err := s.pool.QueryRow(ctx, `SELECT COALESCE((SELECT tx < pg_snapshot_xmin(pg_current_snapshot()) FROM events
+		WHERE (tx, seq) > ($1::bigint::text::xid8, $2) ORDER BY tx, seq LIMIT 1), false)`,
+		int64(min(after.Commit, math.MaxInt64)), int64(min(after.Prepare, math.MaxInt64))).Scan(&exists)
+	if err != nil {
+		return wrap(ctx, fmt.Sprintf("wait after %s", after), err)
+	}
+	if exists {
+		return nil
+	}
+
+	timer := time.NewTimer(fallbackWake)
+	defer timer.Stop()
+	select {
+	case <-changed:
+		return nil
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// subscribe returns the channel the next wake-up closes, starting the
+// listener if it is not running.
+func (s *Store) subscribe() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.listening && !s.closed {
+		s.listening = true
+		ctx, stop := context.WithCancel(context.Background())
+		s.stop, s.stopped = stop, make(chan struct{})
+		go s.listen(ctx, s.stopped)
+	}
+	return s.changed
+}
+
+// wake wakes every Wait in progress.
+func (s *Store) wake() {
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// listen keeps one connection LISTENing on the log's channel until ctx ends,
+// reconnecting with backoff. Its errors have no caller to go to; while it is
+// down, Wait falls back to waking every fallbackWake.
+func (s *Store) listen(ctx context.Context, stopped chan<- struct{}) {
+	defer close(stopped)
+	const minBackoff, maxBackoff = 50 * time.Millisecond, 5 * time.Second
+	backoff := minBackoff
+	for {
+		s.listenOnce(ctx, func() { backoff = minBackoff })
+		if ctx.Err() != nil {
+			return
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// listenOnce listens on one connection until it fails or ctx ends.
+func (s *Store) listenOnce(ctx context.Context, connected func()) {
+	pc, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return
+	}
+	// A connection in LISTEN state must never serve anyone else: take it out
+	// of the pool for good (the pool opens another when it needs one).
+	conn := pc.Hijack()
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{s.channel}.Sanitize()); err != nil {
+		return
+	}
+	connected()
+	// Appends that committed before LISTEN took effect sent no wake-up.
+	s.wake()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return
+		}
+		s.wake()
+	}
+}
