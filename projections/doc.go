@@ -15,5 +15,19 @@
 // transaction as the checkpoint moving past it) and the projection moves on.
 // A database that cannot be reached parks nothing: that is retried forever.
 //
-// Projection names are checkpoint keys: renaming one means a rebuild.
+// Every checkpoint moves with Tx.AdvanceCheckpoint, which refuses to move a
+// checkpoint that is not where the batch started. So when two processes
+// apply the same events (a leader that lost its lease without noticing, and
+// its successor), only the first to commit wins; the other's batch is
+// rolled back and it starts over from the stored checkpoint. Exactly-once
+// therefore never rests on leases alone.
+//
+// Several processes may share one PostgreSQL database. Options.Leases then
+// makes each projection and reactor run in one of them at a time (the
+// others stand by and take over when it dies or its lease is lost), and
+// WaitFor on any of them waits for the projections wherever they run. On
+// SQLite there are no leases: one process owns the file.
+//
+// Projection names are checkpoint keys and lease names: renaming one means
+// a rebuild.
 package projections

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -18,6 +20,7 @@ import (
 	"evident/domain/user"
 	"evident/eventstore"
 	"evident/eventstore/sqlite"
+	"evident/internal/pgtest"
 	"evident/internal/sqlitedb"
 	"evident/projections"
 	"evident/readmodels"
@@ -25,17 +28,36 @@ import (
 
 var t0 = time.Date(2030, 5, 6, 7, 8, 9, 0, time.UTC)
 
-// env is a real SQLite file holding the event log and the read models.
+// dialects are the read-model databases every runner test runs on.
+// PostgreSQL cases skip unless EVIDENT_TEST_DATABASE_URL names a server.
+var dialects = []string{readmodels.DialectSQLite, readmodels.DialectPostgres}
+
+// eachDialect runs test once per dialect, in parallel subtests.
+func eachDialect(t *testing.T, test func(t *testing.T, dialect string)) {
+	t.Helper()
+	t.Parallel()
+	for _, d := range dialects {
+		t.Run(d, func(t *testing.T) {
+			t.Parallel()
+			test(t, d)
+		})
+	}
+}
+
+// env is a real SQLite file holding the event log and, on SQLite, the read
+// models; on PostgreSQL the read models live in a schema of their own.
 type env struct {
-	db *sqlitedb.DB
-	es *sqlite.Store
-	rm *readmodels.Store
+	dialect string
+	url     string // PostgreSQL: the schema's connection string
+	db      *sqlitedb.DB
+	es      *sqlite.Store
+	rm      *readmodels.Store
 
 	mu    sync.Mutex
 	clock time.Time // occurred_at of the next event; each append moves it on
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, dialect string) *env {
 	t.Helper()
 	db, err := sqlitedb.Open(filepath.Join(t.TempDir(), "evident.db"))
 	require.NoError(t, err)
@@ -43,10 +65,41 @@ func newEnv(t *testing.T) *env {
 	es, err := sqlite.New(db)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = es.Close() })
-	rm, err := readmodels.Open(context.Background(), readmodels.DialectSQLite, db.Write, db.Read)
+	e := &env{dialect: dialect, db: db, es: es, clock: t0}
+	switch dialect {
+	case readmodels.DialectSQLite:
+		e.rm, err = readmodels.Open(context.Background(), readmodels.DialectSQLite, db.Write, db.Read)
+		require.NoError(t, err)
+	case readmodels.DialectPostgres:
+		e.url = pgtest.URL(t)
+		e.rm = e.instance(t, "")
+	default:
+		t.Fatalf("unknown dialect %q", dialect)
+	}
+	require.NoError(t, e.rm.Migrate(context.Background()))
+	return e
+}
+
+// instance opens another Store on the PostgreSQL read models, on a pool of
+// its own, as another process would. A non-empty appName tags its sessions
+// (application_name), so that a test can end them.
+func (e *env) instance(t *testing.T, appName string) *readmodels.Store {
+	t.Helper()
+	require.Equal(t, readmodels.DialectPostgres, e.dialect)
+	cfg, err := pgxpool.ParseConfig(e.url)
 	require.NoError(t, err)
-	require.NoError(t, rm.Migrate(context.Background()))
-	return &env{db: db, es: es, rm: rm, clock: t0}
+	cfg.MaxConns = 8
+	if appName != "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = appName
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	db := stdlib.OpenDBFromPool(pool)
+	t.Cleanup(func() { _ = db.Close() })
+	rm, err := readmodels.Open(context.Background(), readmodels.DialectPostgres, db, db)
+	require.NoError(t, err)
+	return rm
 }
 
 type typed interface{ EventType() string }
@@ -112,23 +165,27 @@ func (e *env) dump(t *testing.T) map[string][]map[string]any {
 // start runs a Runner until the test ends (or stop is called) and returns it.
 func (e *env) start(t *testing.T, ps []projections.Projection, opts projections.Options) (*projections.Runner, func()) {
 	t.Helper()
-	r := projections.NewRunner(e.es, e.rm, ps, opts)
+	return e.startOn(t, e.rm, ps, opts)
+}
+
+// startOn runs a Runner on rm, which may be another instance's Store.
+func (e *env) startOn(t *testing.T, rm *readmodels.Store, ps []projections.Projection, opts projections.Options) (*projections.Runner, func()) {
+	t.Helper()
+	r := projections.NewRunner(e.es, rm, ps, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	stopped := false
+	var once sync.Once
 	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				assert.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Error("Run did not return after cancel")
+			}
+		})
 	}
 	t.Cleanup(stop)
 	return r, stop

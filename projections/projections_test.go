@@ -28,10 +28,11 @@ func TestNamesAreStable(t *testing.T) {
 	assert.Equal(t, []string{"users", "sessions", "activation_tokens", "audit"}, names)
 }
 
-func TestUsersProjection(t *testing.T) {
-	t.Parallel()
+func TestUsersProjection(t *testing.T) { eachDialect(t, testUsersProjection) }
+
+func testUsersProjection(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	id := uuid.New()
 	e.register(t, id, "ann@example.org", "member")
 	e.applyAll(t, projections.Users())
@@ -92,10 +93,11 @@ func TestUsersProjection(t *testing.T) {
 	assert.ErrorIs(t, err, readmodels.ErrNotFound)
 }
 
-func TestSessionsProjection(t *testing.T) {
-	t.Parallel()
+func TestSessionsProjection(t *testing.T) { eachDialect(t, testSessionsProjection) }
+
+func testSessionsProjection(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	uid := uuid.New()
 	far := time.Now().Add(24 * time.Hour).UTC().Truncate(time.Microsecond)
 	s1, _ := e.login(t, uid, far)
@@ -133,10 +135,11 @@ func TestSessionsProjection(t *testing.T) {
 	assert.Equal(t, []uuid.UUID{s4}, ids)
 }
 
-func TestActivationTokensProjection(t *testing.T) {
-	t.Parallel()
+func TestActivationTokensProjection(t *testing.T) { eachDialect(t, testActivationTokensProjection) }
+
+func testActivationTokensProjection(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	req := func(id uuid.UUID, h string) user.ActivationRequested {
 		return user.ActivationRequested{UserID: id, TokenHash: h, ExpiresAt: t0.Add(time.Hour), RequestedBy: "admin"}
 	}
@@ -179,10 +182,11 @@ func TestActivationTokensProjection(t *testing.T) {
 	assert.Empty(t, due, "nothing pending")
 }
 
-func TestAuditProjection(t *testing.T) {
-	t.Parallel()
+func TestAuditProjection(t *testing.T) { eachDialect(t, testAuditProjection) }
+
+func testAuditProjection(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	id := uuid.New()
 	first := e.register(t, id, "zed@example.org") // claim + created
 	sid, loginPos := e.login(t, id, t0.Add(time.Hour))
@@ -229,9 +233,10 @@ func TestAuditProjection(t *testing.T) {
 	assert.Len(t, byUser.Items, 1)
 }
 
-func TestApplyingTwiceChangesNothing(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestApplyingTwiceChangesNothing(t *testing.T) { eachDialect(t, testApplyingTwiceChangesNothing) }
+
+func testApplyingTwiceChangesNothing(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
 	e.workload(t, 8)
 	e.applyAll(t, projections.All()...)
 	once := e.dump(t)

@@ -55,6 +55,48 @@ type Options struct {
 	Logger *slog.Logger
 	// Reactors run beside the projections, each from its own checkpoint.
 	Reactors []Reactor
+	// Leases, when set, make each projection and reactor run in one process
+	// at a time among all that share the database: a worker runs only while
+	// it holds the lease of its name, and stops at once when the lease is
+	// lost. Nil runs everything here, which is right for one process (on
+	// SQLite a file lock guarantees it). See StoreLeases.
+	Leases Leases
+}
+
+// Leases hand out the right to run a projection or reactor (by name) to one
+// process at a time.
+type Leases interface {
+	// Acquire blocks until this process holds the lease called name, or ctx
+	// ends (then it returns ctx.Err()). Any other error means the lease
+	// could not be tried now; the Runner retries with backoff.
+	Acquire(ctx context.Context, name string) (Lease, error)
+}
+
+// Lease is a held lease.
+type Lease interface {
+	// Lost is closed when the lease may have gone to another process.
+	Lost() <-chan struct{}
+	// Release gives the lease up; calling it twice is harmless.
+	Release()
+}
+
+// StoreLeases adapts readmodels' PostgreSQL leases (session advisory locks,
+// Store.Leases) to Leases.
+func StoreLeases(l *readmodels.Leases) Leases { return storeLeases{l} }
+
+type storeLeases struct{ l *readmodels.Leases }
+
+var (
+	_ Leases = storeLeases{}
+	_ Lease  = (*readmodels.Lease)(nil)
+)
+
+func (s storeLeases) Acquire(ctx context.Context, name string) (Lease, error) {
+	le, err := s.l.Acquire(ctx, name)
+	if err != nil {
+		return nil, err // not a typed nil in an interface
+	}
+	return le, nil
 }
 
 func (o Options) withDefaults() Options {
@@ -91,7 +133,12 @@ type Status struct {
 	// LastError is the error of the latest attempt; empty once an attempt succeeds.
 	LastError string `json:"last_error,omitempty"`
 	Parked    int    `json:"parked"`
-	Running   bool   `json:"running"`
+	// Running is true while this process runs the worker: it holds the
+	// worker's lease, or there are no leases.
+	Running bool `json:"running"`
+	// Standby is true while this process waits for the lease another process
+	// holds; Position is then the last one this process saw.
+	Standby bool `json:"standby"`
 }
 
 type worker struct {
@@ -106,6 +153,7 @@ type worker struct {
 	lastErr string
 	parked  int
 	running bool
+	standby bool
 }
 
 // Runner drives projections and reactors from the log. Build it with
@@ -178,6 +226,10 @@ func (r *Runner) Run(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
+	if r.opts.Leases != nil {
+		// Some workers may run elsewhere: hear their checkpoints.
+		wg.Go(func() { r.listen(ctx) })
+	}
 	for _, w := range r.workers {
 		wg.Go(func() { r.run(ctx, w, false) })
 	}
@@ -185,8 +237,36 @@ func (r *Runner) Run(ctx context.Context) error {
 	return nil
 }
 
+// listen keeps the read models' checkpoint listener running until ctx ends.
+// While it is down, waiters poll.
+func (r *Runner) listen(ctx context.Context) {
+	const maxPause = 5 * time.Second
+	pause := r.opts.RetryDelay
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := r.rm.Listen(ctx)
+		if err == nil {
+			return
+		}
+		if time.Since(began) > maxPause {
+			pause = r.opts.RetryDelay // it listened a while: this is a new outage
+		}
+		r.log.Warn("projections: cannot listen for checkpoints; polling", "err", err)
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		pause = min(2*pause, maxPause)
+	}
+}
+
 // WaitFor blocks until every projection (not the reactors) has checkpointed
-// pos or later, or ctx ends (then it returns ctx.Err()).
+// pos or later, or ctx ends (then it returns ctx.Err()). It works on every
+// instance: a projection that runs in another process (Options.Leases) is
+// read from its committed checkpoint, woken by the read models'
+// notifications while Run is running. Call it while Run runs.
 func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
 	var names []string
 	for _, w := range r.workers {
@@ -197,25 +277,81 @@ func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
 	return r.waitFor(ctx, names, pos)
 }
 
+// pollInterval is how often waiters read other processes' checkpoints while
+// no notification can tell them.
+const pollInterval = 250 * time.Millisecond
+
+// waitFor waits until the projections names have checkpointed pos. A
+// projection that runs here is read from memory; one that runs in another
+// process (leases) from its committed checkpoint, woken by the read models'
+// notifications, or every pollInterval while those cannot be heard.
 func (r *Runner) waitFor(ctx context.Context, names []string, pos eventstore.Position) error {
 	for {
+		stored := r.rm.CheckpointsChanged() // before reading, so no change is missed
 		r.mu.Lock()
+		local := r.changed
 		done := true
+		var remote []string
 		for _, w := range r.workers {
-			if w.kind == KindProjection && contains(names, w.name) && w.pos.Less(pos) {
-				done = false
-				break
+			if w.kind != KindProjection || !contains(names, w.name) {
+				continue
+			}
+			if w.running || r.opts.Leases == nil {
+				done = done && !w.pos.Less(pos)
+			} else {
+				remote = append(remote, w.name)
 			}
 		}
-		ch := r.changed
 		r.mu.Unlock()
+		poll := len(remote) > 0 && !r.rm.Listening()
+		for _, name := range remote {
+			if !done {
+				break
+			}
+			cp, err := r.rm.Checkpoint(ctx, name)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				done, poll = false, true
+				break
+			}
+			r.seen(name, cp)
+			done = !cp.Less(pos)
+		}
 		if done {
 			return nil
 		}
+		var (
+			tick  <-chan time.Time
+			timer *time.Timer
+		)
+		if poll {
+			timer = time.NewTimer(pollInterval)
+			tick = timer.C
+		}
 		select {
 		case <-ctx.Done():
+		case <-local:
+		case <-stored:
+		case <-tick:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case <-ch:
+		}
+	}
+}
+
+// seen records the checkpoint of a worker that runs elsewhere, for Status.
+func (r *Runner) seen(name string, pos eventstore.Position) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.workers {
+		if w.name == name && !w.running && w.pos.Less(pos) {
+			w.pos = pos
 		}
 	}
 }
@@ -235,7 +371,8 @@ func (r *Runner) Status() []Status {
 	defer r.mu.Unlock()
 	out := make([]Status, 0, len(r.workers))
 	for _, w := range r.workers {
-		out = append(out, Status{Name: w.name, Kind: w.kind, Position: w.pos, LastError: w.lastErr, Parked: w.parked, Running: w.running})
+		out = append(out, Status{Name: w.name, Kind: w.kind, Position: w.pos, LastError: w.lastErr, Parked: w.parked,
+			Running: w.running, Standby: w.standby})
 	}
 	return out
 }
@@ -262,21 +399,79 @@ func (r *Runner) setRunning(w *worker, running bool) {
 	w.running = running
 }
 
+func (r *Runner) position(w *worker) eventstore.Position {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return w.pos
+}
+
+func (r *Runner) setStandby(w *worker, standby bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w.standby = standby
+}
+
 // run drives one worker until ctx ends or, with toHead, until a read finds
-// no more events.
+// no more events. With leases it runs the worker only while it holds the
+// worker's lease, and waits for the lease again when it is lost.
 func (r *Runner) run(ctx context.Context, w *worker, toHead bool) {
+	if r.opts.Leases == nil || toHead {
+		for r.term(ctx, w, toHead) {
+			r.sleep(ctx, 1)
+		}
+		return
+	}
+	defer r.setStandby(w, false)
+	for attempt := 1; ctx.Err() == nil; {
+		r.setStandby(w, true)
+		lease, err := r.opts.Leases.Acquire(ctx, w.name)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			// Capped low: a standby must not sleep through a failover.
+			r.unavailable(ctx, w, "acquire the lease", r.position(w), err, min(attempt, 5))
+			attempt++
+			continue
+		}
+		attempt = 1
+		r.setStandby(w, false)
+		r.log.Info("projections: lease acquired", "projection", w.name)
+		held, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-lease.Lost():
+				cancel() // stop at once: another process may run it now
+			case <-held.Done():
+			}
+		}()
+		r.term(held, w, false)
+		cancel()
+		lease.Release()
+		if ctx.Err() == nil {
+			r.log.Warn("projections: lease lost or given up; standing by", "projection", w.name)
+		}
+	}
+}
+
+// term runs one term of a worker: load its checkpoint, then project or
+// react until ctx ends (or, with toHead, until the log is read). It reports
+// true when the checkpoint moved under it (another process wrote it): the
+// term must end without writing anything more, and a new one start from the
+// stored checkpoint.
+func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 	r.setRunning(w, true)
 	defer r.setRunning(w, false)
 	pos, ok := r.start(ctx, w)
 	if !ok {
-		return
+		return false
 	}
 	var outage int
 	for ctx.Err() == nil {
 		evs, err := r.src.ReadAll(ctx, pos, r.opts.BatchSize)
 		if err != nil {
 			if ctx.Err() != nil {
-				return
+				return false
 			}
 			outage++
 			r.unavailable(ctx, w, "read the log", pos, err, outage)
@@ -285,7 +480,7 @@ func (r *Runner) run(ctx context.Context, w *worker, toHead bool) {
 		outage = 0
 		if len(evs) == 0 {
 			if toHead {
-				return
+				return false
 			}
 			if err := r.src.Wait(ctx, pos); err != nil && ctx.Err() == nil {
 				outage++
@@ -294,15 +489,22 @@ func (r *Runner) run(ctx context.Context, w *worker, toHead bool) {
 			continue
 		}
 		if w.proj != nil {
-			err = r.project(ctx, w, evs)
+			err = r.project(ctx, w, pos, evs)
 		} else {
-			err = r.react(ctx, w, evs)
+			err = r.react(ctx, w, pos, evs)
+		}
+		if errors.Is(err, readmodels.ErrCheckpointMoved) {
+			r.failed(w, err)
+			r.log.Warn("projections: checkpoint moved by another process; batch abandoned",
+				"projection", w.name, "position", pos.String(), "err", err)
+			return true
 		}
 		if err != nil { // ctx ended
-			return
+			return false
 		}
 		pos = evs[len(evs)-1].Position
 	}
+	return false
 }
 
 // start loads w's checkpoint and parked count, retrying while the database
@@ -377,8 +579,10 @@ func (e *applyError) Unwrap() error { return e.err }
 // an event fails, the batch is retried with backoff; once that event has
 // failed more than MaxRetries times, the events before it are applied, it is
 // parked and the checkpoint moves onto it, all in one transaction, and the
-// rest of the batch follows. It returns an error only when ctx ended.
-func (r *Runner) project(ctx context.Context, w *worker, evs []eventstore.RecordedEvent) error {
+// rest of the batch follows. from is the checkpoint the batch starts at; a
+// checkpoint found elsewhere aborts the batch with ErrCheckpointMoved.
+// Otherwise it returns an error only when ctx ended.
+func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Position, evs []eventstore.RecordedEvent) error {
 	var (
 		attempts, outage int
 		parkAt           = -1
@@ -402,13 +606,15 @@ func (r *Runner) project(ctx context.Context, w *worker, evs []eventstore.Record
 					return &applyError{index: i, err: err}
 				}
 			}
-			return tx.SetCheckpoint(w.name, chunk[len(chunk)-1].Position)
+			return tx.AdvanceCheckpoint(w.name, from, chunk[len(chunk)-1].Position)
 		})
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		var ae *applyError
 		switch {
+		case errors.Is(err, readmodels.ErrCheckpointMoved):
+			return err
 		case err == nil:
 			parked := 0
 			if parkAt >= 0 {
@@ -418,7 +624,8 @@ func (r *Runner) project(ctx context.Context, w *worker, evs []eventstore.Record
 					"projection", w.name, "position", ev.Position.String(), "event_type", ev.Type,
 					"attempts", attempts, "err", parkErr)
 			}
-			r.advance(w, chunk[len(chunk)-1].Position, parked)
+			from = chunk[len(chunk)-1].Position
+			r.advance(w, from, parked)
 			evs = evs[upto:]
 			attempts, outage, parkAt, parkErr = 0, 0, -1, nil
 		case errors.As(err, &ae) && !transient(ae.err):
@@ -443,9 +650,10 @@ func (r *Runner) project(ctx context.Context, w *worker, evs []eventstore.Record
 	return nil
 }
 
-// react hands each event of a batch to a reactor, then saves its checkpoint.
-// It returns an error only when ctx ended.
-func (r *Runner) react(ctx context.Context, w *worker, evs []eventstore.RecordedEvent) error {
+// react hands each event of a batch to a reactor, then moves its checkpoint
+// from from. It returns ErrCheckpointMoved when another process moved the
+// checkpoint, and otherwise an error only when ctx ended.
+func (r *Runner) react(ctx context.Context, w *worker, from eventstore.Position, evs []eventstore.RecordedEvent) error {
 	parked := 0
 	for _, ev := range evs {
 		if len(w.after) > 0 {
@@ -477,10 +685,11 @@ func (r *Runner) react(ctx context.Context, w *worker, evs []eventstore.Recorded
 					if err := tx.Park(pe); err != nil {
 						return err
 					}
-					return tx.SetCheckpoint(w.name, ev.Position)
+					return tx.AdvanceCheckpoint(w.name, from, ev.Position)
 				}); err != nil {
 					return err
 				}
+				from = ev.Position
 				r.log.Error("projections: event parked",
 					"projection", w.name, "position", ev.Position.String(), "event_type", ev.Type,
 					"attempts", attempts, "err", herr)
@@ -496,25 +705,28 @@ func (r *Runner) react(ctx context.Context, w *worker, evs []eventstore.Recorded
 	// One checkpoint per batch: a crash repeats at most a batch, and
 	// reactors are idempotent.
 	last := evs[len(evs)-1].Position
-	if err := r.write(ctx, w, last, func(tx *readmodels.Tx) error {
-		return tx.SetCheckpoint(w.name, last)
-	}); err != nil {
-		return err
+	if from != last {
+		if err := r.write(ctx, w, last, func(tx *readmodels.Tx) error {
+			return tx.AdvanceCheckpoint(w.name, from, last)
+		}); err != nil {
+			return err
+		}
 	}
 	r.advance(w, last, parked)
 	return nil
 }
 
 // write runs fn in a read-model transaction, retrying without end while the
-// database fails. It returns an error only when ctx ended.
+// database fails. It returns ErrCheckpointMoved as it is, and otherwise an
+// error only when ctx ended.
 func (r *Runner) write(ctx context.Context, w *worker, pos eventstore.Position, fn func(*readmodels.Tx) error) error {
 	for attempt := 1; ; attempt++ {
 		err := r.rm.Update(ctx, fn)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err == nil {
-			return nil
+		if err == nil || errors.Is(err, readmodels.ErrCheckpointMoved) {
+			return err
 		}
 		r.unavailable(ctx, w, "save the checkpoint", pos, err, attempt)
 	}

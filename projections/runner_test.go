@@ -49,10 +49,11 @@ func checkpoint(t *testing.T, e *env, name string) eventstore.Position {
 	return cp
 }
 
-func TestFirstEventIsProjected(t *testing.T) {
-	t.Parallel()
+func TestFirstEventIsProjected(t *testing.T) { eachDialect(t, testFirstEventIsProjected) }
+
+func testFirstEventIsProjected(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	r, _ := e.start(t, projections.All(), fast(5))
 	id := uuid.New()
 	pos := e.append(t, userStream(id), user.Created{UserID: id, Email: "first@example.org", Name: "First"})
@@ -72,9 +73,10 @@ func TestFirstEventIsProjected(t *testing.T) {
 	}
 }
 
-func TestWaitForWakesAndTimesOut(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestWaitForWakesAndTimesOut(t *testing.T) { eachDialect(t, testWaitForWakesAndTimesOut) }
+
+func testWaitForWakesAndTimesOut(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
 	r, _ := e.start(t, projections.All(), fast(5))
 
 	id := uuid.New()
@@ -98,8 +100,11 @@ func TestWaitForWakesAndTimesOut(t *testing.T) {
 }
 
 func TestFailingBatchMovesNeitherRowsNorCheckpoint(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+	eachDialect(t, testFailingBatchMovesNeitherRowsNorCheckpoint)
+}
+
+func testFailingBatchMovesNeitherRowsNorCheckpoint(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
 	var ids []uuid.UUID
 	for i := range 5 {
 		id := uuid.New()
@@ -134,9 +139,12 @@ func TestFailingBatchMovesNeitherRowsNorCheckpoint(t *testing.T) {
 }
 
 func TestPoisonEventIsParkedAndLaterEventsApply(t *testing.T) {
-	t.Parallel()
+	eachDialect(t, testPoisonEventIsParkedAndLaterEventsApply)
+}
+
+func testPoisonEventIsParkedAndLaterEventsApply(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	var poison eventstore.RecordedEvent
 	for i := range 6 {
 		id := uuid.New()
@@ -177,8 +185,11 @@ func TestPoisonEventIsParkedAndLaterEventsApply(t *testing.T) {
 }
 
 func TestUnavailableDatabaseIsRetriedNotParked(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+	eachDialect(t, testUnavailableDatabaseIsRetriedNotParked)
+}
+
+func testUnavailableDatabaseIsRetriedNotParked(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
 	id := uuid.New()
 	pos := e.append(t, userStream(id), user.Created{UserID: id, Email: "u@x.org", Name: "U"})
 	var outage atomic.Int64
@@ -217,9 +228,12 @@ func (s *flakySource) ReadAll(ctx context.Context, after eventstore.Position, li
 }
 
 func TestResumeAfterRestartDoesNotDuplicate(t *testing.T) {
-	t.Parallel()
+	eachDialect(t, testResumeAfterRestartDoesNotDuplicate)
+}
+
+func testResumeAfterRestartDoesNotDuplicate(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	last := e.workload(t, 4)
 	r1, stop := e.start(t, projections.All(), fast(5))
 	waitFor(t, r1, last)
@@ -249,10 +263,11 @@ func TestResumeAfterRestartDoesNotDuplicate(t *testing.T) {
 	}
 }
 
-func TestRebuildEqualsLive(t *testing.T) {
-	t.Parallel()
+func TestRebuildEqualsLive(t *testing.T) { eachDialect(t, testRebuildEqualsLive) }
+
+func testRebuildEqualsLive(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	opts := fast(5)
 	opts.BatchSize = 7
 	r, stop := e.start(t, projections.All(), opts)
@@ -285,9 +300,12 @@ func TestRebuildEqualsLive(t *testing.T) {
 }
 
 func TestRebuildOfOneProjectionLeavesOthers(t *testing.T) {
-	t.Parallel()
+	eachDialect(t, testRebuildOfOneProjectionLeavesOthers)
+}
+
+func testRebuildOfOneProjectionLeavesOthers(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	last := e.workload(t, 3)
 	require.NoError(t, projections.Rebuild(ctx, e.es, e.rm, projections.All()))
 	before := e.dump(t)
@@ -362,9 +380,12 @@ func (s slow) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
 }
 
 func TestReactorRunsAfterItsProjection(t *testing.T) {
-	t.Parallel()
+	eachDialect(t, testReactorRunsAfterItsProjection)
+}
+
+func testReactorRunsAfterItsProjection(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	w := &sessionWatcher{e: e, t: t}
 	opts := fast(5)
 	opts.BatchSize = 2
@@ -422,10 +443,11 @@ func (f *failingReactor) Handle(_ context.Context, ev eventstore.RecordedEvent) 
 	return nil
 }
 
-func TestReactorPoisonIsParked(t *testing.T) {
-	t.Parallel()
+func TestReactorPoisonIsParked(t *testing.T) { eachDialect(t, testReactorPoisonIsParked) }
+
+func testReactorPoisonIsParked(t *testing.T, dialect string) {
 	ctx := context.Background()
-	e := newEnv(t)
+	e := newEnv(t, dialect)
 	id := uuid.New()
 	e.append(t, userStream(id), user.Created{UserID: id, Email: "x@x.org", Name: "X"}, user.Deleted{UserID: id, DeletedBy: "admin"})
 	last := e.append(t, "other", unknownEvent{})
@@ -443,9 +465,10 @@ func TestReactorPoisonIsParked(t *testing.T) {
 	assert.Equal(t, 3, parked[0].Attempts)
 }
 
-func TestRunRejectsMisconfiguration(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+func TestRunRejectsMisconfiguration(t *testing.T) { eachDialect(t, testRunRejectsMisconfiguration) }
+
+func testRunRejectsMisconfiguration(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
 	ctx := context.Background()
 	err := projections.NewRunner(e.es, e.rm, []projections.Projection{projections.Users(), projections.Users()}, projections.Options{}).Run(ctx)
 	assert.ErrorContains(t, err, "twice")

@@ -10,6 +10,15 @@
 // (UTC), ids as TEXT, JSON as TEXT. Migrations are per dialect, embedded, and
 // run by goose with their own version table (goose_readmodels).
 //
+// On PostgreSQL the pools come from pgx v5 (github.com/jackc/pgx/v5/stdlib).
+// Several processes may then share the database: Leases (session advisory
+// locks) decide which of them runs each projection, Tx.AdvanceCheckpoint
+// keeps a late writer from applying a batch twice, and a NOTIFY sent in
+// every transaction that moves a checkpoint wakes the waiters of every
+// process (Listen, CheckpointsChanged).
+//
 // Driver errors never leave this package: callers see ErrNotFound,
-// ErrConflict, ErrBadCursor or a wrapped error.
+// ErrConflict, ErrBadCursor, ErrCheckpointMoved, ErrUnavailable (the
+// database, not the request, failed: SQLite busy, PostgreSQL unreachable,
+// restarting or out of connections) or a wrapped error.
 package readmodels

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,22 +13,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"evident/eventstore"
-	"evident/internal/sqlitedb"
 	"evident/readmodels"
 )
 
 var t0 = time.Date(2030, 1, 2, 3, 4, 5, 123456000, time.UTC)
-
-func newStore(t *testing.T, opts ...readmodels.Option) *readmodels.Store {
-	t.Helper()
-	db, err := sqlitedb.Open(filepath.Join(t.TempDir(), "rm.db"))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = db.Close() })
-	rm, err := readmodels.Open(context.Background(), readmodels.DialectSQLite, db.Write, db.Read, opts...)
-	require.NoError(t, err)
-	require.NoError(t, rm.Migrate(context.Background()))
-	return rm
-}
 
 func update(t *testing.T, rm *readmodels.Store, fn func(tx *readmodels.Tx) error) {
 	t.Helper()
@@ -42,9 +29,10 @@ func TestOpenRejectsUnknownDialect(t *testing.T) {
 	require.Error(t, err)
 }
 
-func TestMigrateIsRepeatable(t *testing.T) {
-	t.Parallel()
-	rm := newStore(t)
+func TestMigrateIsRepeatable(t *testing.T) { eachDialect(t, testMigrateIsRepeatable) }
+
+func testMigrateIsRepeatable(t *testing.T, dialect string) {
+	rm := newStore(t, dialect)
 	require.NoError(t, rm.Migrate(context.Background()))
 	d, err := rm.Dump(context.Background())
 	require.NoError(t, err)
@@ -53,10 +41,11 @@ func TestMigrateIsRepeatable(t *testing.T) {
 	}
 }
 
-func TestUserUpsertIsVersionGuarded(t *testing.T) {
-	t.Parallel()
+func TestUserUpsertIsVersionGuarded(t *testing.T) { eachDialect(t, testUserUpsertIsVersionGuarded) }
+
+func testUserUpsertIsVersionGuarded(t *testing.T, dialect string) {
 	ctx := context.Background()
-	rm := newStore(t)
+	rm := newStore(t, dialect)
 	id := uuid.New()
 	u := readmodels.User{ID: id, Email: "a@x.org", Name: "A", Roles: []string{"member"}, Status: "pending",
 		Version: 0, CreatedAt: t0, UpdatedAt: t0, Position: eventstore.At(1)}
@@ -77,10 +66,11 @@ func TestUserUpsertIsVersionGuarded(t *testing.T) {
 	assert.ErrorIs(t, err, readmodels.ErrNotFound)
 }
 
-func TestUsersPagesAndFilters(t *testing.T) {
-	t.Parallel()
+func TestUsersPagesAndFilters(t *testing.T) { eachDialect(t, testUsersPagesAndFilters) }
+
+func testUsersPagesAndFilters(t *testing.T, dialect string) {
 	ctx := context.Background()
-	rm := newStore(t)
+	rm := newStore(t, dialect)
 	var ids []uuid.UUID
 	update(t, rm, func(tx *readmodels.Tx) error {
 		for i := range 7 {
@@ -135,10 +125,13 @@ func TestUsersPagesAndFilters(t *testing.T) {
 }
 
 func TestSessionsShowExpiryAtQueryTime(t *testing.T) {
-	t.Parallel()
+	eachDialect(t, testSessionsShowExpiryAtQueryTime)
+}
+
+func testSessionsShowExpiryAtQueryTime(t *testing.T, dialect string) {
 	ctx := context.Background()
 	now := t0.Add(10 * time.Minute)
-	rm := newStore(t, readmodels.WithClock(func() time.Time { return now }))
+	rm := newStore(t, dialect, readmodels.WithClock(func() time.Time { return now }))
 	userID := uuid.New()
 	open := readmodels.Session{ID: uuid.New(), UserID: userID, Status: "open", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
 	stale := readmodels.Session{ID: uuid.New(), UserID: userID, Status: "open", CreatedAt: t0.Add(time.Second), ExpiresAt: now}
@@ -193,10 +186,11 @@ func TestSessionsShowExpiryAtQueryTime(t *testing.T) {
 	assert.Equal(t, "open", due[1].Status, "stored status")
 }
 
-func TestActivationTokensChangeAndDue(t *testing.T) {
-	t.Parallel()
+func TestActivationTokensChangeAndDue(t *testing.T) { eachDialect(t, testActivationTokensChangeAndDue) }
+
+func testActivationTokensChangeAndDue(t *testing.T, dialect string) {
 	ctx := context.Background()
-	rm := newStore(t)
+	rm := newStore(t, dialect)
 	userID := uuid.New()
 	tok := func(h string, i int) readmodels.ActivationToken {
 		return readmodels.ActivationToken{TokenHash: h, UserID: userID, Status: "pending", RequestedBy: "admin",
@@ -253,9 +247,10 @@ func TestActivationTokensChangeAndDue(t *testing.T) {
 	assert.Equal(t, t0.Add(time.Minute), next, "the earlier of sessions and tokens")
 }
 
-func TestNextDueEmpty(t *testing.T) {
-	t.Parallel()
-	_, ok, err := newStore(t).NextDue(context.Background())
+func TestNextDueEmpty(t *testing.T) { eachDialect(t, testNextDueEmpty) }
+
+func testNextDueEmpty(t *testing.T, dialect string) {
+	_, ok, err := newStore(t, dialect).NextDue(context.Background())
 	require.NoError(t, err)
 	assert.False(t, ok)
 }
@@ -268,10 +263,11 @@ func auditRec(pos uint64, userID uuid.UUID, actor, action string, at time.Time) 
 		Position: eventstore.At(pos), Metadata: json.RawMessage(`{"actor_id":"` + actor + `"}`)}
 }
 
-func TestAuditOrderFiltersAndCursor(t *testing.T) {
-	t.Parallel()
+func TestAuditOrderFiltersAndCursor(t *testing.T) { eachDialect(t, testAuditOrderFiltersAndCursor) }
+
+func testAuditOrderFiltersAndCursor(t *testing.T, dialect string) {
 	ctx := context.Background()
-	rm := newStore(t)
+	rm := newStore(t, dialect)
 	alice, bob := uuid.New(), uuid.New()
 	var recs []readmodels.AuditRecord
 	for i := range 10 {
@@ -332,9 +328,12 @@ func TestAuditOrderFiltersAndCursor(t *testing.T) {
 }
 
 func TestUpdateRollsBackRowsAndCheckpointTogether(t *testing.T) {
-	t.Parallel()
+	eachDialect(t, testUpdateRollsBackRowsAndCheckpointTogether)
+}
+
+func testUpdateRollsBackRowsAndCheckpointTogether(t *testing.T, dialect string) {
 	ctx := context.Background()
-	rm := newStore(t)
+	rm := newStore(t, dialect)
 	boom := errors.New("boom")
 	err := rm.Update(ctx, func(tx *readmodels.Tx) error {
 		if err := tx.InsertAudit(auditRec(1, uuid.New(), "a", "user_created", t0)); err != nil {
@@ -357,10 +356,11 @@ func TestUpdateRollsBackRowsAndCheckpointTogether(t *testing.T) {
 	assert.Empty(t, d["audit"])
 }
 
-func TestCheckpointsResetAndParked(t *testing.T) {
-	t.Parallel()
+func TestCheckpointsResetAndParked(t *testing.T) { eachDialect(t, testCheckpointsResetAndParked) }
+
+func testCheckpointsResetAndParked(t *testing.T, dialect string) {
 	ctx := context.Background()
-	rm := newStore(t)
+	rm := newStore(t, dialect)
 	pair := eventstore.Position{Commit: 12, Prepare: 11}
 	update(t, rm, func(tx *readmodels.Tx) error {
 		if err := tx.InsertAudit(auditRec(1, uuid.New(), "a", "user_created", t0)); err != nil {
@@ -413,10 +413,11 @@ func TestCheckpointsResetAndParked(t *testing.T) {
 	assert.Empty(t, d["audit"])
 }
 
-func TestCredentials(t *testing.T) {
-	t.Parallel()
+func TestCredentials(t *testing.T) { eachDialect(t, testCredentials) }
+
+func testCredentials(t *testing.T, dialect string) {
 	ctx := context.Background()
-	rm := newStore(t)
+	rm := newStore(t, dialect)
 	id, userID := uuid.New(), uuid.New()
 	require.NoError(t, rm.PutCredential(ctx, id, userID, "$argon2id$x"))
 	require.NoError(t, rm.PutCredential(ctx, id, userID, "$argon2id$x"), "same again is a no-op")
@@ -432,10 +433,11 @@ func TestCredentials(t *testing.T) {
 	assert.NoError(t, err, "credentials survive a rebuild")
 }
 
-func TestIdempotencyKeys(t *testing.T) {
-	t.Parallel()
+func TestIdempotencyKeys(t *testing.T) { eachDialect(t, testIdempotencyKeys) }
+
+func testIdempotencyKeys(t *testing.T, dialect string) {
 	ctx := context.Background()
-	rm := newStore(t)
+	rm := newStore(t, dialect)
 	got, err := rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp1")
 	require.NoError(t, err)
 	assert.Nil(t, got, "a new key is claimed")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"sync"
 	"time"
 
 	"evident/eventstore"
@@ -33,6 +34,10 @@ type Store struct {
 	write   *sql.DB
 	read    *sql.DB
 	now     func() time.Time
+
+	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced when a checkpoint may have moved
+	listening int           // running Listen sessions that are subscribed
 }
 
 // Option changes how a Store behaves; none is required.
@@ -56,7 +61,7 @@ func Open(ctx context.Context, dialect string, write, read *sql.DB, opts ...Opti
 	if write == nil || read == nil {
 		return nil, errors.New("readmodels: write and read pools are required")
 	}
-	s := &Store{dialect: dialect, write: write, read: read, now: time.Now}
+	s := &Store{dialect: dialect, write: write, read: read, now: time.Now, changed: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
@@ -103,13 +108,16 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	if err != nil {
 		return &TxError{Op: "begin", Err: err}
 	}
-	tx := &Tx{ctx: ctx, tx: sqlTx, now: s.now}
+	tx := &Tx{ctx: ctx, tx: sqlTx, now: s.now, dialect: s.dialect}
 	if err := fn(tx); err != nil {
 		_ = sqlTx.Rollback() // the error from fn says more than the rollback's
 		return err
 	}
 	if err := sqlTx.Commit(); err != nil {
 		return &TxError{Op: "commit", Err: err}
+	}
+	if tx.checkpointed {
+		s.broadcast()
 	}
 	return nil
 }
@@ -155,7 +163,7 @@ func (s *Store) Reset(ctx context.Context, projection string, tables ...string) 
 		if _, err := tx.tx.ExecContext(ctx, `DELETE FROM parked_events WHERE projection = $1`, projection); err != nil {
 			return fmt.Errorf("readmodels: reset parked %s: %w", projection, classify(err))
 		}
-		return nil
+		return tx.notify(projection, eventstore.Position{})
 	})
 }
 

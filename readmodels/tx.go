@@ -17,9 +17,13 @@ import (
 // are idempotent on their own (ON CONFLICT DO NOTHING, version guards), so
 // applying an event twice changes nothing even without the checkpoint.
 type Tx struct {
-	ctx context.Context // Update's; a Tx lives only inside it
-	tx  *sql.Tx
-	now func() time.Time
+	ctx     context.Context // Update's; a Tx lives only inside it
+	tx      *sql.Tx
+	now     func() time.Time
+	dialect string
+	// checkpointed is set once the transaction wrote a checkpoint, so that
+	// Update wakes the waiters after the commit.
+	checkpointed bool
 }
 
 // User reads a user row inside the transaction, or ErrNotFound.
@@ -167,13 +171,67 @@ func (tx *Tx) Checkpoint(name string) (eventstore.Position, error) {
 	return checkpoint(tx.ctx, tx.tx, name)
 }
 
-// SetCheckpoint stores name's position.
+// SetCheckpoint stores name's position, wherever it was. Projections and
+// reactors use AdvanceCheckpoint, which refuses to move a checkpoint another
+// process moved.
 func (tx *Tx) SetCheckpoint(name string, pos eventstore.Position) error {
 	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
 		ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at`,
 		name, pos.String(), micros(tx.now()))
 	if err != nil {
 		return fmt.Errorf("readmodels: set checkpoint %s: %w", name, classify(err))
+	}
+	return tx.notify(name, pos)
+}
+
+// AdvanceCheckpoint moves name's checkpoint from from to to. When the stored
+// checkpoint is not from (another process, a zombie leader or a reset,
+// moved it since the caller read it) it changes nothing and returns
+// ErrCheckpointMoved: the caller must roll the transaction back, so that
+// rows and checkpoint stay together, and re-read the checkpoint. The zero
+// from means "no checkpoint yet".
+//
+// On PostgreSQL the second of two concurrent writers waits for the first's
+// row lock and then sees the moved checkpoint, so of two processes that
+// apply the same events only one commits.
+func (tx *Tx) AdvanceCheckpoint(name string, from, to eventstore.Position) error {
+	var (
+		res sql.Result
+		err error
+	)
+	if from.IsZero() {
+		res, err = tx.tx.ExecContext(tx.ctx, `INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
+			ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
+			WHERE checkpoints.position = $4`,
+			name, to.String(), micros(tx.now()), from.String())
+	} else {
+		res, err = tx.tx.ExecContext(tx.ctx, `UPDATE checkpoints SET position = $1, updated_at = $2
+			WHERE name = $3 AND position = $4`,
+			to.String(), micros(tx.now()), name, from.String())
+	}
+	if err != nil {
+		return fmt.Errorf("readmodels: advance checkpoint %s: %w", name, classify(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("readmodels: advance checkpoint %s: %w", name, classify(err))
+	}
+	if n != 1 {
+		return fmt.Errorf("readmodels: advance checkpoint %s from %s: %w", name, from, ErrCheckpointMoved)
+	}
+	return tx.notify(name, to)
+}
+
+// notify tells the waiters of every process that name moved to pos. On
+// PostgreSQL it is a NOTIFY on the schema's channel, sent at commit and
+// dropped on rollback; on SQLite Update wakes this process's waiters.
+func (tx *Tx) notify(name string, pos eventstore.Position) error {
+	tx.checkpointed = true
+	if tx.dialect != DialectPostgres {
+		return nil
+	}
+	if _, err := tx.tx.ExecContext(tx.ctx, `SELECT pg_notify(`+channelExpr+`, $1)`, name+" "+pos.String()); err != nil {
+		return fmt.Errorf("readmodels: notify checkpoint %s: %w", name, classify(err))
 	}
 	return nil
 }

@@ -7,18 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"evident/api"
 	"evident/commands"
 	"evident/domain/user"
 	"evident/eventstore"
-	"evident/eventstore/sqlite"
-	"evident/internal/sqlitedb"
 	"evident/projections"
 	"evident/projections/integration"
 	"evident/readmodels"
@@ -29,9 +24,8 @@ import (
 type Main struct {
 	cfg    Config
 	log    *slog.Logger
-	lock   *os.File
-	db     *sqlitedb.DB
-	events *sqlite.Store
+	stores *stores
+	events eventstore.Store
 	rm     *readmodels.Store
 	cmd    *commands.Handler
 	runner *projections.Runner
@@ -50,37 +44,13 @@ func (w *lateWaiter) WaitFor(ctx context.Context, pos eventstore.Position) error
 }
 
 // Open wires stores → handler → projections → HTTP. It starts no goroutine.
-// exclusive takes the data directory's lock: one serving process per store.
+// exclusive takes the embedded store's lock: one serving process per file.
 func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*Main, error) {
-	m := &Main{cfg: cfg, log: log}
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	if exclusive {
-		lock, err := lockDir(cfg.DataDir)
-		if err != nil {
-			return nil, err
-		}
-		m.lock = lock
-	}
-	db, err := sqlitedb.Open(filepath.Join(cfg.DataDir, "evident.db"))
+	st, err := openStores(ctx, cfg, exclusive)
 	if err != nil {
-		m.Close()
 		return nil, err
 	}
-	m.db = db
-	if m.events, err = sqlite.New(db); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("event store: %w", err)
-	}
-	if m.rm, err = readmodels.Open(ctx, "sqlite", db.Write, db.Read); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("read models: %w", err)
-	}
-	if err := m.rm.Migrate(ctx); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("read models: %w", err)
-	}
+	m := &Main{cfg: cfg, log: log, stores: st, events: st.events, rm: st.rm}
 
 	reg, appended := newRegistry()
 	waiter := &lateWaiter{}
@@ -107,9 +77,11 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*M
 		m.publisher = integration.NewPublisher(cfg.AMQPURL, integration.Options{Logger: log})
 		reactors = append(reactors, m.publisher)
 	}
-	m.runner = projections.NewRunner(m.events, m.rm, cfg.projections(), projections.Options{
-		MaxRetries: cfg.MaxRetries, RetryDelay: cfg.RetryDelay, Logger: log, Reactors: reactors,
-	})
+	opts := projections.Options{MaxRetries: cfg.MaxRetries, RetryDelay: cfg.RetryDelay, Logger: log, Reactors: reactors}
+	if st.leases != nil {
+		opts.Leases = projections.StoreLeases(st.leases)
+	}
+	m.runner = projections.NewRunner(m.events, m.rm, cfg.projections(), opts)
 	waiter.r = m.runner
 	m.expiry = commands.NewExpiry(m.cmd, m.rm, time.Second)
 	reg.MustRegister(newWorkerCollector(m.runner, m.events))
@@ -144,7 +116,7 @@ func (m *Main) Serve(ctx context.Context) error {
 	srv := &http.Server{Handler: m.api, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	m.log.Info("evident serving", "addr", ln.Addr().String(), "data_dir", m.cfg.DataDir)
+	m.log.Info("evident serving", "addr", ln.Addr().String(), "store", m.cfg.storeName())
 
 	select {
 	case err = <-errc:
@@ -197,30 +169,8 @@ func (m *Main) Close() error {
 	if m.publisher != nil {
 		errs = append(errs, m.publisher.Close())
 	}
-	if m.events != nil {
-		errs = append(errs, m.events.Close())
-	}
-	if m.db != nil {
-		errs = append(errs, m.db.Close())
-	}
-	if m.lock != nil {
-		errs = append(errs, m.lock.Close())
-	}
+	errs = append(errs, m.stores.Close())
 	return errors.Join(errs...)
-}
-
-// lockDir takes an exclusive lock on the data directory, so that two
-// processes never project into one SQLite file at once.
-func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "evident.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another evident process uses %s (stop it first): %w", dir, err)
-	}
-	return f, nil
 }
 
 // readSide is what the API asks of the projections.
@@ -234,7 +184,7 @@ func (r readSide) WaitFor(ctx context.Context, pos eventstore.Position) error {
 // or far behind. Workflows do not count: queries are still right while one
 // waits for a broker; /v1/workflows/status shows them.
 func (r readSide) Ready(ctx context.Context) error {
-	if err := r.m.db.Read.PingContext(ctx); err != nil {
+	if err := r.m.stores.ping(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	for _, s := range r.m.runner.Status() {
@@ -263,7 +213,7 @@ const maxReadyLag = 30 * time.Second
 
 func (r readSide) Status(ctx context.Context) any {
 	store := "ok"
-	if err := r.m.db.Read.PingContext(ctx); err != nil {
+	if err := r.m.stores.ping(ctx); err != nil {
 		store = err.Error()
 	}
 	return map[string]any{"store": store, "workers": r.m.runner.Status()}

@@ -13,6 +13,7 @@ import (
 
 	"evident/domain/session"
 	"evident/domain/user"
+	"evident/eventstore/kurrentdb"
 	"evident/projections"
 
 	"github.com/caarlos0/env/v11"
@@ -103,11 +104,24 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		errs = append(errs, fmt.Errorf("EVIDENT_HTTP_ADDR %q: %w", c.HTTPAddr, err))
 	}
-	if c.EventStoreURL != "" {
-		errs = append(errs, fmt.Errorf("EVIDENT_EVENTSTORE_URL: %q is not supported by this build yet; leave it empty for the embedded SQLite store", redactURL(c.EventStoreURL)))
+	switch {
+	case c.EventStoreURL == "":
+	case kurrentdb.Handles(c.EventStoreURL):
+		if err := kurrentdb.ValidateURL(c.EventStoreURL); err != nil {
+			errs = append(errs, fmt.Errorf("EVIDENT_EVENTSTORE_URL: %w", err))
+		}
+		if c.DatabaseURL == "" {
+			errs = append(errs, errors.New("EVIDENT_EVENTSTORE_URL names KurrentDB: set EVIDENT_DATABASE_URL (postgres://…) for the read models"))
+		}
+	default:
+		if err := validURL("EVIDENT_EVENTSTORE_URL", c.EventStoreURL, "postgres", "postgresql", "kurrentdb", "esdb"); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.DatabaseURL != "" {
-		errs = append(errs, fmt.Errorf("EVIDENT_DATABASE_URL: %q is not supported by this build yet; leave it empty for the embedded SQLite store", redactURL(c.DatabaseURL)))
+		if err := validURL("EVIDENT_DATABASE_URL", c.DatabaseURL, "postgres", "postgresql"); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.AMQPURL != "" && !strings.HasPrefix(c.AMQPURL, "amqp://") && !strings.HasPrefix(c.AMQPURL, "amqps://") {
 		errs = append(errs, fmt.Errorf("EVIDENT_AMQP_URL %q: want amqp:// or amqps://", redactURL(c.AMQPURL)))
@@ -160,6 +174,9 @@ func (c Config) level() (slog.Level, error) {
 
 // redactURL hides a password in a connection string.
 func redactURL(s string) string {
+	if kurrentdb.Handles(s) {
+		return kurrentdb.Redact(s)
+	}
 	if at := strings.LastIndex(s, "@"); at > 0 {
 		if scheme := strings.Index(s, "://"); scheme >= 0 && scheme < at {
 			return s[:scheme+3] + "…" + s[at:]

@@ -23,6 +23,7 @@ const usage = `usage: evident <command> [flags]
 
 commands:
   serve                       run the HTTP API, projections and workflows
+  migrate                     apply the stores' schema migrations and exit (serve does it too)
   rebuild [projection…]       rebuild read models from position zero (all, or the named:
                               users, sessions, activation_tokens, audit); stop serve first
   stream <stream>             print a stream's events as JSON lines (e.g. user-<id>)
@@ -65,6 +66,13 @@ func dispatch(ctx context.Context, args []string, out io.Writer) error {
 		}
 		defer m.Close()
 		return m.Serve(ctx)
+	case "migrate":
+		st, err := openStores(ctx, cfg, false)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, "migrations applied")
+		return st.Close()
 	case "rebuild":
 		return rebuild(ctx, cfg, log, positional, out)
 	case "stream":

@@ -1,0 +1,93 @@
+package readmodels_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"evident/eventstore"
+	"evident/readmodels"
+)
+
+func TestAdvanceCheckpointRefusesAMovedCheckpoint(t *testing.T) {
+	eachDialect(t, testAdvanceCheckpointRefusesAMovedCheckpoint)
+}
+
+func testAdvanceCheckpointRefusesAMovedCheckpoint(t *testing.T, dialect string) {
+	ctx := context.Background()
+	rm := newStore(t, dialect)
+	advance := func(from, to uint64, withRow bool) error {
+		return rm.Update(ctx, func(tx *readmodels.Tx) error {
+			if withRow {
+				if err := tx.InsertAudit(auditRec(to, uuid.New(), "a", "user_created", t0)); err != nil {
+					return err
+				}
+			}
+			return tx.AdvanceCheckpoint("audit", eventstore.At(from), eventstore.At(to))
+		})
+	}
+	require.NoError(t, advance(0, 3, true), "from no checkpoint")
+	assert.ErrorIs(t, advance(0, 4, true), readmodels.ErrCheckpointMoved, "someone else started it")
+	assert.ErrorIs(t, advance(2, 5, true), readmodels.ErrCheckpointMoved, "a zombie's stale start")
+	require.NoError(t, advance(3, 6, true))
+
+	cp, err := rm.Checkpoint(ctx, "audit")
+	require.NoError(t, err)
+	assert.Equal(t, eventstore.At(6), cp)
+	d, err := rm.Dump(ctx)
+	require.NoError(t, err)
+	assert.Len(t, d["audit"], 2, "the refused transactions left no rows")
+
+	require.NoError(t, rm.Reset(ctx, "audit", "audit"))
+	assert.ErrorIs(t, advance(6, 7, false), readmodels.ErrCheckpointMoved, "reset under the writer")
+	require.NoError(t, advance(0, 1, false))
+}
+
+func TestCheckpointsChangedWakesOnCommit(t *testing.T) {
+	eachDialect(t, testCheckpointsChangedWakesOnCommit)
+}
+
+func testCheckpointsChangedWakesOnCommit(t *testing.T, dialect string) {
+	ctx := context.Background()
+	rm := newStore(t, dialect)
+	assert.True(t, rm.Listening() || dialect == readmodels.DialectPostgres)
+
+	ch := rm.CheckpointsChanged()
+	require.NoError(t, rm.Update(ctx, func(tx *readmodels.Tx) error {
+		return tx.PutUser(readmodels.User{ID: uuid.New(), Email: "a@x.org", CreatedAt: t0, UpdatedAt: t0})
+	}))
+	assertOpen(t, ch, "no checkpoint written")
+	_ = rm.Update(ctx, func(tx *readmodels.Tx) error {
+		if err := tx.SetCheckpoint("users", eventstore.At(1)); err != nil {
+			return err
+		}
+		return context.Canceled // roll back
+	})
+	assertOpen(t, ch, "rolled back")
+	require.NoError(t, rm.Update(ctx, func(tx *readmodels.Tx) error {
+		return tx.SetCheckpoint("users", eventstore.At(1))
+	}))
+	assertClosed(t, ch, time.Second)
+}
+
+func assertOpen(t *testing.T, ch <-chan struct{}, msg string) {
+	t.Helper()
+	select {
+	case <-ch:
+		t.Error("woken: " + msg)
+	default:
+	}
+}
+
+func assertClosed(t *testing.T, ch <-chan struct{}, within time.Duration) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(within):
+		t.Errorf("not woken within %s", within)
+	}
+}
