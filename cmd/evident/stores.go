@@ -46,8 +46,8 @@ func (s *stores) Close() error {
 type backend int
 
 const (
-	embedded backend = iota // one SQLite file
-	postgresql              // PostgreSQL for both (one database or two)
+	embedded   backend = iota // one SQLite file
+	postgresql                // PostgreSQL for both (one database or two)
 )
 
 func (c Config) backend() backend {
