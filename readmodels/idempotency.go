@@ -19,8 +19,10 @@ type IdempotentResponse struct {
 // fingerprint. It returns nil when the claim is new: the caller runs the
 // request and then calls FinishIdempotent or AbandonIdempotent. When the key
 // is already taken it returns what is stored: a Done response to replay, or
-// a pending one (the first request is still running). Comparing fingerprints
-// is the caller's business.
+// a pending one (the first request is still running). A pending claim older
+// than the idempotency lease, for the same fingerprint, is taken over (nil is
+// returned): its request died with its process. Comparing fingerprints is
+// otherwise the caller's business.
 func (s *Store) BeginIdempotent(ctx context.Context, scope, key, fingerprint string) (*IdempotentResponse, error) {
 	var out *IdempotentResponse
 	err := s.Update(ctx, func(tx *Tx) error {
@@ -35,11 +37,25 @@ func (s *Store) BeginIdempotent(ctx context.Context, scope, key, fingerprint str
 		} else if n == 1 {
 			return nil
 		}
-		var r IdempotentResponse
-		err = tx.tx.QueryRowContext(ctx, `SELECT fingerprint, status, body, done FROM idempotency_keys
-			WHERE scope = $1 AND key = $2`, scope, key).Scan(&r.Fingerprint, &r.Status, &r.Body, &r.Done)
+		var (
+			r       IdempotentResponse
+			claimed int64
+		)
+		err = tx.tx.QueryRowContext(ctx, `SELECT fingerprint, status, body, done, created_at FROM idempotency_keys
+			WHERE scope = $1 AND key = $2`, scope, key).Scan(&r.Fingerprint, &r.Status, &r.Body, &r.Done, &claimed)
 		if err != nil {
 			return err
+		}
+		if !r.Done && r.Fingerprint == fingerprint && fromMicros(claimed).Add(s.idemLease).Before(tx.now()) {
+			res, err := tx.tx.ExecContext(ctx, `UPDATE idempotency_keys SET created_at = $1
+				WHERE scope = $2 AND key = $3 AND done = $4 AND created_at = $5`,
+				micros(tx.now()), scope, key, false, claimed)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil || n == 1 {
+				return err // taken over: out stays nil
+			}
 		}
 		out = &r
 		return nil
@@ -84,4 +100,19 @@ func affectedOne(res sql.Result, what string) error {
 		return fmt.Errorf("readmodels: %s: %w", what, ErrNotFound)
 	}
 	return nil
+}
+
+// AbandonPendingIdempotent frees every pending key. Only a process that
+// knows no other one is running (the embedded store's lock) may call it, at
+// start: every pending claim then belongs to a request that died.
+func (s *Store) AbandonPendingIdempotent(ctx context.Context) (int64, error) {
+	res, err := s.write.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE done = $1`, false)
+	if err != nil {
+		return 0, fmt.Errorf("readmodels: abandon pending idempotency keys: %w", classify(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("readmodels: abandon pending idempotency keys: %w", classify(err))
+	}
+	return n, nil
 }

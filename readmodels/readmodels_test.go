@@ -468,3 +468,43 @@ func testIdempotencyKeys(t *testing.T, dialect string) {
 	require.NoError(t, err)
 	assert.Nil(t, got, "an abandoned key can be claimed again")
 }
+
+func TestIdempotencyClaimLeaseTakeover(t *testing.T) {
+	eachDialect(t, func(t *testing.T, dialect string) {
+		ctx := context.Background()
+		now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+		s := newStore(t, dialect, readmodels.WithClock(func() time.Time { return now }), readmodels.WithIdempotencyLease(10*time.Second))
+		prev, err := s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		require.NoError(t, err)
+		require.Nil(t, prev)
+
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		require.NoError(t, err)
+		require.NotNil(t, prev, "within the lease the claim holds")
+		assert.False(t, prev.Done)
+
+		now = now.Add(11 * time.Second)
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "other-fp")
+		require.NoError(t, err)
+		require.NotNil(t, prev, "a different request never takes the key over")
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		require.NoError(t, err)
+		assert.Nil(t, prev, "past the lease the same request takes the key over")
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		require.NoError(t, err)
+		assert.NotNil(t, prev, "and holds it anew")
+
+		require.NoError(t, s.FinishIdempotent(ctx, "actor", "k1", 201, []byte(`{"ok":true}`)))
+		now = now.Add(time.Hour)
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		require.NoError(t, err)
+		require.NotNil(t, prev)
+		assert.True(t, prev.Done, "a finished answer is kept for replay")
+
+		_, err = s.BeginIdempotent(ctx, "actor", "k2", "fp")
+		require.NoError(t, err)
+		n, err := s.AbandonPendingIdempotent(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, int64(1), n, "only the pending claim is freed")
+	})
+}

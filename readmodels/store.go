@@ -34,6 +34,8 @@ type Store struct {
 	write   *sql.DB
 	read    *sql.DB
 	now     func() time.Time
+	// idemLease is how long a pending idempotency claim holds its key.
+	idemLease time.Duration
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced when a checkpoint may have moved
@@ -49,6 +51,14 @@ func WithClock(now func() time.Time) Option {
 	return func(s *Store) { s.now = now }
 }
 
+// WithIdempotencyLease sets how long a pending idempotency claim keeps its
+// key from retries (default 15s). Past it, a retry of the same request takes
+// the key over: the first attempt is presumed dead (its process crashed).
+// Set it above the longest a command request can run.
+func WithIdempotencyLease(d time.Duration) Option {
+	return func(s *Store) { s.idemLease = d }
+}
+
 // Open returns a Store on the given pools. write must be the pool every
 // writer of the database shares (on SQLite: one connection); read may be a
 // read-only pool on the same database. Open does not migrate; call Migrate.
@@ -61,7 +71,7 @@ func Open(ctx context.Context, dialect string, write, read *sql.DB, opts ...Opti
 	if write == nil || read == nil {
 		return nil, errors.New("readmodels: write and read pools are required")
 	}
-	s := &Store{dialect: dialect, write: write, read: read, now: time.Now, changed: make(chan struct{})}
+	s := &Store{dialect: dialect, write: write, read: read, now: time.Now, idemLease: 15 * time.Second, changed: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}

@@ -51,6 +51,16 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*M
 		return nil, err
 	}
 	m := &Main{cfg: cfg, log: log, stores: st, events: st.events, rm: st.rm}
+	if exclusive && cfg.backend() == embedded {
+		// This process alone uses the file: a pending idempotency claim is
+		// the remains of a request that died with an earlier process.
+		if n, err := st.rm.AbandonPendingIdempotent(ctx); err != nil {
+			st.Close()
+			return nil, err
+		} else if n > 0 {
+			log.Info("freed idempotency keys of requests that died", "count", n)
+		}
+	}
 
 	reg, appended := newRegistry()
 	waiter := &lateWaiter{}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"evident/eventstore"
 	"evident/eventstore/kurrentdb"
@@ -100,7 +101,7 @@ func (s *stores) openEmbedded(ctx context.Context, cfg Config, exclusive bool) e
 	}
 	s.events = events
 	s.close = append(s.close, events.Close)
-	if s.rm, err = readmodels.Open(ctx, readmodels.DialectSQLite, db.Write, db.Read); err != nil {
+	if s.rm, err = readmodels.Open(ctx, readmodels.DialectSQLite, db.Write, db.Read, cfg.readModelOptions()...); err != nil {
 		return fmt.Errorf("read models: %w", err)
 	}
 	s.ping = db.Read.PingContext
@@ -150,7 +151,7 @@ func (s *stores) openPostgres(ctx context.Context, cfg Config) error {
 	}
 	db := stdlib.OpenDBFromPool(rmPool)
 	s.close = append(s.close, db.Close)
-	if s.rm, err = readmodels.Open(ctx, readmodels.DialectPostgres, db, db); err != nil {
+	if s.rm, err = readmodels.Open(ctx, readmodels.DialectPostgres, db, db, cfg.readModelOptions()...); err != nil {
 		return fmt.Errorf("read models: %w", err)
 	}
 	if s.leases, err = s.rm.Leases(readmodels.LeaseOptions{}); err != nil {
@@ -208,4 +209,10 @@ func (c Config) storeName() string {
 		return "sqlite:" + filepath.Join(c.DataDir, "evident.db")
 	}
 	return "events=" + redactURL(c.EventStoreURL) + " read_models=" + redactURL(c.DatabaseURL)
+}
+
+// readModelOptions: a pending idempotency claim outlives any request that is
+// still running (the read-your-writes wait bounds it), then retries may take it over.
+func (c Config) readModelOptions() []readmodels.Option {
+	return []readmodels.Option{readmodels.WithIdempotencyLease(3*c.ReadWaitTimeout + 5*time.Second)}
 }
