@@ -9,6 +9,7 @@ import (
 	"evident/commands"
 	"evident/domain/user"
 	"evident/eventstore"
+	"evident/projections"
 	"evident/readmodels"
 
 	"github.com/labstack/echo/v4"
@@ -42,6 +43,8 @@ var mapping = []struct {
 }{
 	{user.ErrNotFound, http.StatusNotFound, "user_not_found"},
 	{readmodels.ErrNotFound, http.StatusNotFound, "not_found"},
+	{projections.ErrUnknownWorker, http.StatusNotFound, "worker_not_found"},
+	{projections.ErrStillFailing, http.StatusConflict, "still_failing"},
 	{commands.ErrSessionNotFound, http.StatusNotFound, "session_not_found"},
 	{user.ErrExists, http.StatusConflict, "user_exists"},
 	{user.ErrDeleted, http.StatusConflict, "user_deleted"},

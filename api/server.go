@@ -30,11 +30,15 @@ type Queries interface {
 	AbandonIdempotent(ctx context.Context, scope, key string) error
 }
 
-// ReadSide reports how far the projections are and waits for them.
+// ReadSide reports how far the projections are and waits for them, and
+// lets an operator deal with parked events.
 type ReadSide interface {
 	WaitFor(ctx context.Context, pos eventstore.Position) error
 	Ready(ctx context.Context) error
 	Status(ctx context.Context) any
+	Parked(ctx context.Context) ([]readmodels.ParkedEvent, error)
+	RetryParked(ctx context.Context, worker, eventID string) error
+	SkipParked(ctx context.Context, worker, eventID string) error
 }
 
 // Options tune a Server; the zero value works.
@@ -101,6 +105,9 @@ func (s *Server) Routes() {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", metricsHandler(s.opts.Registry))
 	e.GET("/v1/workflows/status", s.workflowStatus, s.require(roleAdmin, roleAuditor))
+	e.GET("/v1/workflows/parked", s.parked, s.require(roleAdmin, roleAuditor))
+	e.POST("/v1/workflows/parked/:worker/:event_id/retry", s.retryParked, s.require(roleAdmin))
+	e.POST("/v1/workflows/parked/:worker/:event_id/skip", s.skipParked, s.require(roleAdmin))
 
 	v1 := e.Group("/v1")
 	cmd := func(name, method, path string, h echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
@@ -141,6 +148,31 @@ func (s *Server) readyz(c echo.Context) error {
 
 func (s *Server) workflowStatus(c echo.Context) error {
 	return c.JSON(http.StatusOK, s.read.Status(c.Request().Context()))
+}
+
+func (s *Server) parked(c echo.Context) error {
+	items, err := s.read.Parked(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"items": items})
+}
+
+// retryParked handles a parked event again; it stays parked if it fails again.
+func (s *Server) retryParked(c echo.Context) error {
+	if err := s.read.RetryParked(c.Request().Context(), c.Param("worker"), c.Param("event_id")); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "retried", "worker": c.Param("worker"), "event_id": c.Param("event_id")})
+}
+
+// skipParked gives up on a parked event; the event stays in the log.
+func (s *Server) skipParked(c echo.Context) error {
+	if err := s.read.SkipParked(c.Request().Context(), c.Param("worker"), c.Param("event_id")); err != nil {
+		return err
+	}
+	s.log.WarnContext(c.Request().Context(), "parked event skipped", "worker", c.Param("worker"), "event_id", c.Param("event_id"), "actor_id", actor(c))
+	return c.JSON(http.StatusOK, map[string]string{"status": "skipped", "worker": c.Param("worker"), "event_id": c.Param("event_id")})
 }
 
 // limitBody refuses bodies over the limit with 413, whether announced by

@@ -735,7 +735,7 @@ func (r *Runner) write(ctx context.Context, w *worker, pos eventstore.Position, 
 func parkedEvent(name string, ev eventstore.RecordedEvent, err error, attempts int) readmodels.ParkedEvent {
 	return readmodels.ParkedEvent{
 		Projection: name, Position: ev.Position, EventID: ev.ID.String(), EventType: ev.Type,
-		Error: err.Error(), Attempts: attempts,
+		Error: err.Error(), Attempts: attempts, Stream: ev.Stream, Version: ev.Version,
 	}
 }
 

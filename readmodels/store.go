@@ -251,30 +251,24 @@ type ParkedEvent struct {
 	Error      string              `json:"error"`
 	Attempts   int                 `json:"attempts"`
 	ParkedAt   time.Time           `json:"parked_at"`
+	Stream     string              `json:"stream"`
+	Version    int64               `json:"version"`
 }
 
 // Parked lists every parked event, by projection and time parked.
 func (s *Store) Parked(ctx context.Context) ([]ParkedEvent, error) {
-	rows, err := s.read.QueryContext(ctx, `SELECT projection, position, event_id, event_type, error, attempts, parked_at
+	rows, err := s.read.QueryContext(ctx, `SELECT `+parkedColumns+`
 		FROM parked_events ORDER BY projection, parked_at, event_id`)
 	if err != nil {
 		return nil, fmt.Errorf("readmodels: parked: %w", classify(err))
 	}
 	defer rows.Close()
-	var out []ParkedEvent
+	out := []ParkedEvent{}
 	for rows.Next() {
-		var (
-			p   ParkedEvent
-			pos string
-			at  int64
-		)
-		if err := rows.Scan(&p.Projection, &pos, &p.EventID, &p.EventType, &p.Error, &p.Attempts, &at); err != nil {
-			return nil, fmt.Errorf("readmodels: parked: %w", classify(err))
-		}
-		if p.Position, err = parsePosition(pos); err != nil {
+		p, err := scanParked(rows)
+		if err != nil {
 			return nil, err
 		}
-		p.ParkedAt = fromMicros(at)
 		out = append(out, p)
 	}
 	if err := rows.Err(); err != nil {

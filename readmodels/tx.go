@@ -243,11 +243,11 @@ func (tx *Tx) Park(p ParkedEvent) error {
 		p.ParkedAt = tx.now()
 	}
 	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO parked_events
-		(projection, event_id, position, event_type, error, attempts, parked_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		(projection, event_id, position, event_type, error, attempts, parked_at, stream, version)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (projection, event_id) DO UPDATE SET
 			error = excluded.error, attempts = excluded.attempts, parked_at = excluded.parked_at`,
-		p.Projection, p.EventID, p.Position.String(), p.EventType, p.Error, p.Attempts, micros(p.ParkedAt))
+		p.Projection, p.EventID, p.Position.String(), p.EventType, p.Error, p.Attempts, micros(p.ParkedAt), p.Stream, p.Version)
 	if err != nil {
 		return fmt.Errorf("readmodels: park %s for %s: %w", p.EventID, p.Projection, classify(err))
 	}

@@ -191,7 +191,8 @@ func (r readSide) WaitFor(ctx context.Context, pos eventstore.Position) error {
 }
 
 // Ready is false while the store cannot be read or a projection is failing
-// or far behind. Workflows do not count: queries are still right while one
+// or far behind (on a standby instance: its committed checkpoint, kept by
+// the process holding its lease, is far behind). Workflows do not count: queries are still right while one
 // waits for a broker; /v1/workflows/status shows them.
 func (r readSide) Ready(ctx context.Context) error {
 	if err := r.m.stores.ping(ctx); err != nil {
@@ -201,13 +202,22 @@ func (r readSide) Ready(ctx context.Context) error {
 		if s.Kind != projections.KindProjection {
 			continue
 		}
-		if !s.Running {
+		pos := s.Position
+		switch {
+		case s.Standby:
+			// Another process holds the lease: this one serves the tables
+			// that process keeps, as far as its committed checkpoint.
+			cp, err := r.m.rm.Checkpoint(ctx, s.Name)
+			if err != nil {
+				return fmt.Errorf("store: %w", err)
+			}
+			pos = cp
+		case !s.Running:
 			return fmt.Errorf("%s %s is not running", s.Kind, s.Name)
-		}
-		if s.LastError != "" {
+		case s.LastError != "":
 			return fmt.Errorf("%s %s is failing: %s", s.Kind, s.Name, s.LastError)
 		}
-		n, age, err := lag(ctx, r.m.events, s.Position, time.Now())
+		n, age, err := lag(ctx, r.m.events, pos, time.Now())
 		if err != nil {
 			return fmt.Errorf("store: %w", err)
 		}
@@ -227,4 +237,16 @@ func (r readSide) Status(ctx context.Context) any {
 		store = err.Error()
 	}
 	return map[string]any{"store": store, "workers": r.m.runner.Status()}
+}
+
+func (r readSide) Parked(ctx context.Context) ([]readmodels.ParkedEvent, error) {
+	return r.m.rm.Parked(ctx)
+}
+
+func (r readSide) RetryParked(ctx context.Context, worker, eventID string) error {
+	return r.m.runner.RetryParked(ctx, worker, eventID)
+}
+
+func (r readSide) SkipParked(ctx context.Context, worker, eventID string) error {
+	return r.m.runner.SkipParked(ctx, worker, eventID)
 }
