@@ -35,33 +35,37 @@ func problem(status int, code, detail string) *Problem {
 	return &Problem{Type: "https://evident.dev/problems/" + code, Title: http.StatusText(status), Status: status, Code: code, Detail: detail}
 }
 
-// mapping is the one table from errors to problems, checked in order with errors.Is.
+// mapping is the one table from errors to problems, checked in order with
+// errors.Is. Details are written for clients: no package names, no internals.
 var mapping = []struct {
 	err    error
 	status int
 	code   string
+	detail string
 }{
-	{user.ErrNotFound, http.StatusNotFound, "user_not_found"},
-	{readmodels.ErrNotFound, http.StatusNotFound, "not_found"},
-	{projections.ErrUnknownWorker, http.StatusNotFound, "worker_not_found"},
-	{projections.ErrStillFailing, http.StatusConflict, "still_failing"},
-	{commands.ErrSessionNotFound, http.StatusNotFound, "session_not_found"},
-	{user.ErrExists, http.StatusConflict, "user_exists"},
-	{user.ErrDeleted, http.StatusConflict, "user_deleted"},
-	{user.ErrAlreadyActive, http.StatusConflict, "already_active"},
-	{user.ErrInvalidToken, http.StatusBadRequest, "invalid_token"},
-	{user.ErrTokenExpired, http.StatusGone, "token_expired"},
-	{user.ErrTokenUsed, http.StatusConflict, "token_used"},
-	{user.ErrNotActive, http.StatusUnauthorized, "user_not_active"},
-	{commands.ErrEmailTaken, http.StatusConflict, "email_taken"},
-	{commands.ErrConflict, http.StatusConflict, "concurrency_conflict"},
-	{commands.ErrPreconditionFailed, http.StatusPreconditionFailed, "precondition_failed"},
-	{commands.ErrInvalidCredentials, http.StatusUnauthorized, "invalid_credentials"},
-	{commands.ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated"},
-	{readmodels.ErrBadCursor, http.StatusBadRequest, "invalid_cursor"},
-	{eventstore.ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
-	{eventstore.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
-	{context.DeadlineExceeded, http.StatusServiceUnavailable, "timeout"},
+	{user.ErrNotFound, http.StatusNotFound, "user_not_found", "no user has that id"},
+	{commands.ErrSessionNotFound, http.StatusNotFound, "session_not_found", "no session has that id"},
+	{projections.ErrUnknownWorker, http.StatusNotFound, "worker_not_found", "no projection or workflow has that name"},
+	{readmodels.ErrNotFound, http.StatusNotFound, "not_found", "nothing found"},
+	{projections.ErrStillFailing, http.StatusConflict, "still_failing", ""},
+	{user.ErrExists, http.StatusConflict, "user_exists", "the user exists already"},
+	{user.ErrDeleted, http.StatusConflict, "user_deleted", "the user is deleted; nothing more can happen to it"},
+	{user.ErrAlreadyActive, http.StatusConflict, "already_active", "the user is active already"},
+	{user.ErrInvalidToken, http.StatusBadRequest, "invalid_token", "the token is unknown or no longer valid"},
+	{user.ErrTokenExpired, http.StatusGone, "token_expired", "the token has expired; request a new one"},
+	{user.ErrTokenUsed, http.StatusConflict, "token_used", "the token has been used already"},
+	{user.ErrNotActive, http.StatusUnauthorized, "user_not_active", "the account is not active"},
+	{commands.ErrEmailTaken, http.StatusConflict, "email_taken", "another user has that e-mail address"},
+	{commands.ErrConflict, http.StatusConflict, "concurrency_conflict", "the user kept changing under the request; retry"},
+	{commands.ErrPreconditionFailed, http.StatusPreconditionFailed, "precondition_failed", "the user changed since the ETag sent in If-Match"},
+	{commands.ErrInvalidCredentials, http.StatusUnauthorized, "invalid_credentials", "e-mail or password is wrong"},
+	{commands.ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated", "the bearer token is missing, unknown or no longer valid"},
+	{readmodels.ErrBadCursor, http.StatusBadRequest, "invalid_cursor", "the cursor is not one this list returned"},
+	{eventstore.ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large", "the change is larger than the store takes in one write"},
+	{eventstore.ErrUnavailable, http.StatusServiceUnavailable, "unavailable", "the store is unavailable; retry"},
+	{readmodels.ErrUnavailable, http.StatusServiceUnavailable, "unavailable", "the database is unavailable; retry"},
+	{context.DeadlineExceeded, http.StatusServiceUnavailable, "timeout", "the request took too long; retry"},
+	{context.Canceled, http.StatusServiceUnavailable, "canceled", "the request was canceled"},
 }
 
 // toProblem maps any error to the problem a client sees.
@@ -96,20 +100,14 @@ func toProblem(err error) *Problem {
 	}
 	for _, m := range mapping {
 		if errors.Is(err, m.err) {
-			return problem(m.status, m.code, detailFor(m.code, err))
+			detail := m.detail
+			if detail == "" {
+				detail = err.Error()
+			}
+			return problem(m.status, m.code, detail)
 		}
 	}
 	return problem(http.StatusInternalServerError, "internal", "internal error")
-}
-
-// detailFor keeps internal error text away from clients where it could leak
-// internals; domain errors are safe to echo.
-func detailFor(code string, err error) string {
-	switch code {
-	case "unavailable", "timeout", "too_large":
-		return "the store could not take the request: " + code
-	}
-	return err.Error()
 }
 
 // errorHandler is echo's HTTPErrorHandler: every error leaves as problem+json.
@@ -121,7 +119,10 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		}
 		p := toProblem(err)
 		p.Instance = c.Request().URL.Path
-		if p.Status >= 500 {
+		switch {
+		case p.Status == http.StatusServiceUnavailable:
+			log.WarnContext(c.Request().Context(), "request not served", "path", c.Path(), "code", p.Code, "request_id", requestID(c), "err", err)
+		case p.Status >= 500:
 			log.ErrorContext(c.Request().Context(), "request failed",
 				"method", c.Request().Method, "path", c.Path(), "status", p.Status, "request_id", requestID(c), "err", err)
 		}

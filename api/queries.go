@@ -2,10 +2,12 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 
 	"evident/domain/user"
+	"evident/projections"
 	"evident/readmodels"
 
 	"github.com/google/uuid"
@@ -39,6 +41,9 @@ func (s *Server) getUser(c echo.Context) error {
 		return err
 	}
 	u, err := s.q.User(c.Request().Context(), id)
+	if errors.Is(err, readmodels.ErrNotFound) {
+		return user.ErrNotFound
+	}
 	if err != nil {
 		return err
 	}
@@ -155,6 +160,9 @@ func (s *Server) auditPage(c echo.Context, uid *uuid.UUID) error {
 		p := problem(http.StatusBadRequest, "invalid_time_range", "from must be before to (from is inclusive, to exclusive)")
 		p.Field = "from"
 		return p
+	}
+	if a := c.QueryParam("action"); a != "" && !projections.IsAction(a) {
+		return badParam("action", "is not an audit action (e.g. user_created, user_logged_in, session_revoked)")
 	}
 	desc := false
 	switch c.QueryParam("order") {

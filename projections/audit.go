@@ -29,6 +29,16 @@ var actions = map[string]string{
 // not audited.
 func Action(eventType string) string { return actions[eventType] }
 
+// IsAction reports whether a is the audit action of some event type.
+func IsAction(a string) bool {
+	for _, v := range actions {
+		if v == a {
+			return true
+		}
+	}
+	return false
+}
+
 type auditProjection struct{}
 
 // Audit writes one audit row per user.* and auth.* event: the event's data

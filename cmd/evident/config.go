@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,6 +45,9 @@ type Config struct {
 	ReadWaitTimeout         time.Duration `env:"EVIDENT_READ_WAIT_TIMEOUT" envDefault:"5s"`
 	PasswordCost            int           `env:"EVIDENT_PASSWORD_COST" envDefault:"10"`
 	LogLevel                string        `env:"EVIDENT_LOG_LEVEL" envDefault:"info"`
+
+	// Unknown lists EVIDENT_ variables that were set but mean nothing here.
+	Unknown []string
 }
 
 // loadConfig reads the optional config file named by EVIDENT_CONFIG_FILE,
@@ -54,15 +58,38 @@ func loadConfig(args []string, fs *flag.FlagSet) (Config, error) {
 		return Config{}, err
 	}
 	var c Config
+	var parseErr error
 	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
-		return c, envError(err)
+		parseErr = envError(err)
 	}
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory of the embedded SQLite store (EVIDENT_DATA_DIR)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (EVIDENT_HTTP_ADDR)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	return c, c.Validate()
+	c.Unknown = unknownVars(vars)
+	// Every problem at once: values that did not parse and values out of range.
+	return c, errors.Join(parseErr, c.Validate())
+}
+
+// unknownVars lists EVIDENT_ variables this build does not read: most
+// likely misspelt. The test suites' own EVIDENT_TEST_ variables are not ours.
+func unknownVars(vars map[string]string) []string {
+	known := map[string]bool{"EVIDENT_CONFIG_FILE": true}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		if tag := t.Field(i).Tag.Get("env"); tag != "" {
+			known[tag] = true
+		}
+	}
+	var out []string
+	for k := range vars {
+		if strings.HasPrefix(k, "EVIDENT_") && !strings.HasPrefix(k, "EVIDENT_TEST_") && !known[k] {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // environment merges a config file of KEY=VALUE lines (the same EVIDENT_
@@ -128,6 +155,9 @@ func (c Config) Validate() error {
 	}
 	if (c.BootstrapAdminEmail == "") != (c.BootstrapAdminPassword == "") {
 		errs = append(errs, errors.New("EVIDENT_BOOTSTRAP_ADMIN_EMAIL and EVIDENT_BOOTSTRAP_ADMIN_PASSWORD go together"))
+	}
+	if n := len(c.BootstrapAdminPassword); n > 0 && (n < 8 || n > 72) {
+		errs = append(errs, errors.New("EVIDENT_BOOTSTRAP_ADMIN_PASSWORD must be 8 to 72 bytes long"))
 	}
 	if c.ActivationTokenDuration <= 0 {
 		errs = append(errs, errors.New("EVIDENT_ACTIVATION_TOKEN_DURATION must be positive"))

@@ -74,3 +74,24 @@ func TestRedactURL(t *testing.T) {
 	assert.Equal(t, "postgres://…@db:5432/x", redactURL("postgres://user:secret@db:5432/x"))
 	assert.Equal(t, "esdb://node:2113", redactURL("esdb://node:2113"))
 }
+
+func TestParseAndRangeProblemsTogether(t *testing.T) {
+	t.Setenv("EVIDENT_SESSION_DURATION", "forever")
+	t.Setenv("EVIDENT_PASSWORD_COST", "3")
+	t.Setenv("EVIDENT_LOG_LEVEL", "loud")
+	t.Setenv("EVIDENT_BOOTSTRAP_ADMIN_EMAIL", "a@example.org")
+	t.Setenv("EVIDENT_BOOTSTRAP_ADMIN_PASSWORD", "short")
+	_, err := loadConfig(nil, flag.NewFlagSet("t", flag.ContinueOnError))
+	require.Error(t, err)
+	for _, want := range []string{"EVIDENT_SESSION_DURATION", "EVIDENT_PASSWORD_COST", "EVIDENT_LOG_LEVEL", "EVIDENT_BOOTSTRAP_ADMIN_PASSWORD"} {
+		assert.Contains(t, err.Error(), want)
+	}
+}
+
+func TestUnknownVariablesAreNamed(t *testing.T) {
+	t.Setenv("EVIDENT_SESION_DURATION", "1h")
+	t.Setenv("EVIDENT_TEST_STORE", "postgres")
+	c, err := loadConfig(nil, flag.NewFlagSet("t", flag.ContinueOnError))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"EVIDENT_SESION_DURATION"}, c.Unknown)
+}
