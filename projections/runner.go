@@ -411,9 +411,9 @@ func (r *Runner) setStandby(w *worker, standby bool) {
 	w.standby = standby
 }
 
-// run drives one worker until ctx ends or, with toHead, until a read finds
-// no more events. With leases it runs the worker only while it holds the
-// worker's lease, and waits for the lease again when it is lost.
+// run drives one worker until ctx ends or, with toHead, until a read
+// returns less than a batch. With leases it runs the worker only while it
+// holds the worker's lease, and waits for the lease again when it is lost.
 func (r *Runner) run(ctx context.Context, w *worker, toHead bool) {
 	if r.opts.Leases == nil || toHead {
 		for r.term(ctx, w, toHead) {
@@ -455,10 +455,10 @@ func (r *Runner) run(ctx context.Context, w *worker, toHead bool) {
 }
 
 // term runs one term of a worker: load its checkpoint, then project or
-// react until ctx ends (or, with toHead, until the log is read). It reports
-// true when the checkpoint moved under it (another process wrote it): the
-// term must end without writing anything more, and a new one start from the
-// stored checkpoint.
+// react until ctx ends (or, with toHead, until a read returns less than a
+// batch). It reports true when the checkpoint moved under it (another
+// process wrote it): the term must end without writing anything more, and a
+// new one start from the stored checkpoint.
 func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 	r.setRunning(w, true)
 	defer r.setRunning(w, false)
@@ -503,6 +503,9 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 			return false
 		}
 		pos = evs[len(evs)-1].Position
+		if toHead && len(evs) < r.opts.BatchSize {
+			return false // a short read: at the head, or as near as a replay beside appends gets
+		}
 	}
 	return false
 }

@@ -15,10 +15,12 @@
 // locks) decide which of them runs each projection, Tx.AdvanceCheckpoint
 // keeps a late writer from applying a batch twice, and a NOTIFY sent in
 // every transaction that moves a checkpoint wakes the waiters of every
-// process (Listen, CheckpointsChanged).
+// process (Listen, CheckpointsChanged). A rebuild fills shadow tables
+// (Shadow: <table>_rebuild, written through Shadow.Tx) while the live ones
+// serve, and swaps them in in one transaction with the checkpoint.
 //
 // Driver errors never leave this package: callers see ErrNotFound,
-// ErrConflict, ErrBadCursor, ErrCheckpointMoved, ErrUnavailable (the
+// ErrConflict, ErrBadCursor, ErrCheckpointMoved, ErrShadowGone, ErrUnavailable (the
 // database, not the request, failed: SQLite busy, PostgreSQL unreachable,
 // restarting or out of connections) or a wrapped error.
 package readmodels

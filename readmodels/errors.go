@@ -54,6 +54,13 @@ func unavailable(err error) bool {
 		if errors.As(err, &ce) {
 			return true // even a refused login: retry, never park an event for it
 		}
+		// A statement prepared before a table it reads changed shape (a
+		// migration; Shadow.Switch swaps in a table of the same shape, so
+		// it replans silently): pgx drops the cached statement on this
+		// error, so the next try prepares it again.
+		if pe.Code == "0A000" && strings.Contains(pe.Message, "cached plan must not change result type") {
+			return true
+		}
 		return pgUnavailable(pe.Code)
 	}
 	var (

@@ -47,8 +47,9 @@ func scanUser(r scanner) (User, error) {
 	return u, nil
 }
 
-func getUser(ctx context.Context, q querier, id uuid.UUID) (User, error) {
-	u, err := scanUser(q.QueryRowContext(ctx, `SELECT `+userColumns+` FROM users WHERE id = $1`, id.String()))
+// getUser reads a user from table, which is "users" or a Tx's rel("users").
+func getUser(ctx context.Context, q querier, table string, id uuid.UUID) (User, error) {
+	u, err := scanUser(q.QueryRowContext(ctx, `SELECT `+userColumns+` FROM `+table+` WHERE id = $1`, id.String()))
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, ErrNotFound
 	}
@@ -60,7 +61,7 @@ func getUser(ctx context.Context, q querier, id uuid.UUID) (User, error) {
 
 // User returns one user, deleted ones included (status "deleted"), or ErrNotFound.
 func (s *Store) User(ctx context.Context, id uuid.UUID) (User, error) {
-	return getUser(ctx, s.read, id)
+	return getUser(ctx, s.read, "users", id)
 }
 
 // Users lists users by id, filtered by status and exact (normalised) e-mail.

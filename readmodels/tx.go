@@ -24,11 +24,25 @@ type Tx struct {
 	// checkpointed is set once the transaction wrote a checkpoint, so that
 	// Update wakes the waiters after the commit.
 	checkpointed bool
+	// shadows maps a projection table to the table its statements go to
+	// instead (Shadow.Tx); nil on the live path.
+	shadows map[string]string
+}
+
+// rel is how a statement names projection table t: t itself, or on a shadow
+// Tx its shadow aliased as t, so that the statement's references to t (as in
+// "WHERE users.version < excluded.version") stay valid. The live path's SQL
+// text is unchanged, and so are its cached statements.
+func (tx *Tx) rel(t string) string {
+	if s, ok := tx.shadows[t]; ok {
+		return s + " AS " + t
+	}
+	return t
 }
 
 // User reads a user row inside the transaction, or ErrNotFound.
 func (tx *Tx) User(id uuid.UUID) (User, error) {
-	return getUser(tx.ctx, tx.tx, id)
+	return getUser(tx.ctx, tx.tx, tx.rel("users"), id)
 }
 
 // PutUser inserts the user or, when the row exists, overwrites it only if
@@ -42,7 +56,7 @@ func (tx *Tx) PutUser(u User) error {
 	if err != nil {
 		return fmt.Errorf("readmodels: user %s roles: %w", u.ID, classify(err))
 	}
-	_, err = tx.tx.ExecContext(tx.ctx, `INSERT INTO users (`+userColumns+`)
+	_, err = tx.tx.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("users")+` (`+userColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 		ON CONFLICT (id) DO UPDATE SET
 			email = excluded.email, name = excluded.name, roles = excluded.roles,
@@ -62,7 +76,7 @@ func (tx *Tx) PutUser(u User) error {
 
 // Session reads a session row (status as stored) inside the transaction, or ErrNotFound.
 func (tx *Tx) Session(id uuid.UUID) (Session, error) {
-	s, err := scanSession(tx.tx.QueryRowContext(tx.ctx, `SELECT `+rawSessionColumns+` FROM sessions WHERE id = $1`, id.String()))
+	s, err := scanSession(tx.tx.QueryRowContext(tx.ctx, `SELECT `+rawSessionColumns+` FROM `+tx.rel("sessions")+` WHERE id = $1`, id.String()))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Session{}, ErrNotFound
 	}
@@ -75,7 +89,7 @@ func (tx *Tx) Session(id uuid.UUID) (Session, error) {
 // PutSession inserts the session or, when the row exists, overwrites it only
 // if s.Version is newer than the stored one.
 func (tx *Tx) PutSession(s Session) error {
-	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO sessions (`+rawSessionColumns+`)
+	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("sessions")+` (`+rawSessionColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (id) DO UPDATE SET
 			user_id = excluded.user_id, status = excluded.status,
@@ -94,7 +108,7 @@ func (tx *Tx) PutSession(s Session) error {
 // InsertActivationToken adds a token; an existing hash is left as it is.
 // version is the user stream's version of the event that issued it.
 func (tx *Tx) InsertActivationToken(t ActivationToken, version int64) error {
-	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO activation_tokens
+	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("activation_tokens")+`
 		(token_hash, user_id, status, requested_by, version, created_at, expires_at, ended_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (token_hash) DO NOTHING`,
@@ -122,7 +136,7 @@ type TokenChange struct {
 // ChangeActivationTokens applies c.
 func (tx *Tx) ChangeActivationTokens(c TokenChange) error {
 	var a args
-	q := `UPDATE activation_tokens SET status = ` + a.add(c.To) +
+	q := `UPDATE ` + tx.rel("activation_tokens") + ` SET status = ` + a.add(c.To) +
 		`, ended_at = ` + a.add(micros(c.At)) + `, version = ` + a.add(c.Version) +
 		` WHERE user_id = ` + a.add(c.UserID.String()) + ` AND version < ` + a.add(c.Version)
 	if c.Hash != "" {
@@ -153,7 +167,7 @@ func (tx *Tx) InsertAudit(r AuditRecord) error {
 	if meta == "" {
 		meta = "{}"
 	}
-	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO audit (`+auditColumns+`)
+	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("audit")+` (`+auditColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 		ON CONFLICT DO NOTHING`,
 		r.EventID.String(), r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
