@@ -25,7 +25,7 @@ commands:
   serve                       run the HTTP API, projections and workflows
   migrate                     apply the stores' schema migrations and exit (serve does it too)
   rebuild [projection…]       rebuild read models from position zero (all, or the named:
-                              users, sessions, activation_tokens, audit); stop serve first
+                              users, sessions, activation_tokens, audit); on SQLite stop serve first
   stream <stream>             print a stream's events as JSON lines (e.g. user-<id>)
   state <user-id> [--at T]    fold a user's stream up to RFC 3339 time T (default: now)
 
