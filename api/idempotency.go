@@ -38,7 +38,15 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 		sum := sha256.Sum256(append([]byte(c.Request().Method+" "+c.Request().URL.Path+"\n"), body...))
 		fingerprint := hex.EncodeToString(sum[:])
 		scope := actor(c) // anonymous requests share one scope: keys must be unguessable
-		ctx := c.Request().Context()
+		// A claimed key must reach a recorded outcome: the claim, the command
+		// and its answer run to their end even when the client has gone away,
+		// so that the client's retry finds the answer. Under the request's
+		// context a disconnect could cut the claim's commit off after the
+		// server made it (the claim is pending, the caller sees an error and
+		// neither runs the command nor abandons the key: idempotency_key_in_use
+		// until the claim's lease ends), abort the command, and fail
+		// Finish/Abandon too.
+		ctx := context.WithoutCancel(c.Request().Context())
 
 		c.Set(idempotencyKey, scope+"\n"+key+"\n"+fingerprint)
 		prev, err := s.q.BeginIdempotent(ctx, scope, key, fingerprint)
@@ -56,12 +64,6 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			return c.JSONBlob(prev.Status, prev.Body)
 		}
 
-		// A claimed key must reach a recorded outcome: the command runs to its
-		// end and its answer is kept even when the client has gone away, so
-		// that the client's retry finds it. Under the request's context a
-		// disconnect would abort the command and then fail Finish/Abandon
-		// too, leaving the claim pending (409 idempotency_key_in_use) for good.
-		ctx = context.WithoutCancel(ctx)
 		c.SetRequest(c.Request().WithContext(ctx))
 
 		rec := &recorder{ResponseWriter: c.Response().Writer}

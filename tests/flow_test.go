@@ -54,6 +54,21 @@ func TestFlowSurvivesKill(t *testing.T) {
 		assert.NotContains(t, string(mustJSON(t, rows)), userTok, "the raw session token is never in the audit")
 	}
 
+	// The replay tool folds the user now and as it was when it logged in.
+	out, err := s.CLI(t, "state", id)
+	require.NoError(t, err)
+	var st map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &st), "state output %q", out)
+	assert.Equal(t, "inactive", st["status"])
+	assert.Equal(t, email, st["email"])
+	if len(rows) == 6 {
+		at, _ := rows[3]["occurred_at"].(string)
+		out, err = s.CLI(t, "state", "user-"+id, "--at", at)
+		require.NoError(t, err)
+		require.NoError(t, json.Unmarshal([]byte(out), &st), "state output %q", out)
+		assert.Equal(t, "active", st["status"], "state at the login")
+	}
+
 	// A concurrent write load, killed in the middle.
 	var (
 		mu    sync.Mutex
@@ -172,12 +187,34 @@ func mustJSON(t testing.TB, v any) []byte {
 	return b
 }
 
-// position reads a row's position; on SQLite it is a decimal integer.
+// position reads a row's position as a number in log order: on SQLite the
+// position "N" is N; on PostgreSQL the position "T/S" (transaction id, then
+// sequence number) is T<<32 | S, which orders as the log does.
 func position(t testing.TB, row map[string]any) int64 {
 	t.Helper()
 	s, _ := row["position"].(string)
-	n, err := strconv.ParseInt(s, 10, 64)
+	c, p, pair := strings.Cut(s, "/")
+	n, err := strconv.ParseInt(c, 10, 64)
 	require.NoError(t, err, "position %q of %v", s, row)
+	if !pair {
+		return n
+	}
+	seq, err := strconv.ParseInt(p, 10, 64)
+	require.NoError(t, err, "position %q of %v", s, row)
+	require.True(t, n < 1<<31 && seq < 1<<32, "position %q of %v is too large to order as one number", s, row)
+	return n<<32 | seq
+}
+
+// positionSeq is a row's sequence number: the N of "N" and the S of "T/S", 1
+// for the first event of a SQL store.
+func positionSeq(t testing.TB, row map[string]any) int64 {
+	t.Helper()
+	s, _ := row["position"].(string)
+	if _, p, pair := strings.Cut(s, "/"); pair {
+		s = p
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	require.NoError(t, err, "position %q of %v", row["position"], row)
 	return n
 }
 

@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"evident/internal/pgtest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -67,38 +69,87 @@ func runTests(m *testing.M) int {
 type Option func(*serverConfig)
 
 type serverConfig struct {
-	dataDir string
-	env     []string
+	dataDir     string
+	databaseURL string
+	env         []string
 }
 
 // WithDataDir starts the server on an existing data directory.
 func WithDataDir(dir string) Option { return func(c *serverConfig) { c.dataDir = dir } }
+
+// WithDatabaseURL starts the server on the given PostgreSQL database (its
+// EVIDENT_DATABASE_URL), e.g. one several servers share, whatever
+// EVIDENT_TEST_STORE says.
+func WithDatabaseURL(u string) Option { return func(c *serverConfig) { c.databaseURL = u } }
+
+// EnvTestStore selects the stores every test server runs on: "sqlite" (the
+// default, a fresh data directory each) or "postgres" (a fresh schema each on
+// the server named by EVIDENT_TEST_DATABASE_URL, see internal/pgtest).
+const EnvTestStore = "EVIDENT_TEST_STORE"
+
+// onPostgres reports whether test servers run on PostgreSQL.
+func onPostgres() bool { return os.Getenv(EnvTestStore) == "postgres" }
+
+// skipOnPostgres skips a test whose subject only exists on the embedded store.
+func skipOnPostgres(t testing.TB, why string) {
+	t.Helper()
+	if onPostgres() {
+		t.Skip("SQLite only: " + why)
+	}
+}
+
+// freshDatabaseURL is a new, empty PostgreSQL schema for one test, dropped when
+// the test ends. It skips the test when no server is configured, except that
+// EVIDENT_TEST_STORE=postgres turns the missing server into a failure: a
+// suite asked to run on PostgreSQL must not quietly skip instead.
+func freshDatabaseURL(t testing.TB) string {
+	t.Helper()
+	if onPostgres() && os.Getenv(pgtest.EnvURL) == "" {
+		t.Fatalf("%s=postgres needs %s (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable)", EnvTestStore, pgtest.EnvURL)
+	}
+	return pgtest.URL(t)
+}
 
 // WithEnv adds "KEY=VALUE" entries to the server's environment.
 func WithEnv(kv ...string) Option { return func(c *serverConfig) { c.env = append(c.env, kv...) } }
 
 // Server is one running `evident serve` process.
 type Server struct {
-	URL        string // http://127.0.0.1:<port>
-	DataDir    string
-	AdminToken string
-	AdminID    string
+	URL     string // http://127.0.0.1:<port>
+	DataDir string
+	// DatabaseURL is the PostgreSQL database (schema) the server keeps events
+	// and read models in; empty on the embedded SQLite store.
+	DatabaseURL string
+	AdminToken  string
+	AdminID     string
 
 	addr    string
 	env     []string
 	logPath string
 	client  *http.Client
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
-	runs int
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when cmd has exited
+	exitErr error         // how cmd exited, once done is closed
+	runs    int
 }
 
 // startServer starts evident serve on a fresh (or the given) data directory
 // and a free loopback port, waits until it is ready and logs the admin in.
-// The process is killed when the test ends; its output is shown on failure.
+// With EVIDENT_TEST_STORE=postgres it runs on a fresh PostgreSQL schema instead
+// (kept across Restart; CLI uses it too). The process is killed when the test
+// ends; its output is shown on failure.
 func startServer(t *testing.T, opts ...Option) *Server {
+	t.Helper()
+	s := newServer(t, opts...)
+	s.start(t)
+	return s
+}
+
+// newServer prepares what startServer starts: the stores, a port, the
+// cleanup. It starts no process.
+func newServer(t *testing.T, opts ...Option) *Server {
 	t.Helper()
 	var cfg serverConfig
 	for _, o := range opts {
@@ -107,12 +158,21 @@ func startServer(t *testing.T, opts ...Option) *Server {
 	if cfg.dataDir == "" {
 		cfg.dataDir = t.TempDir()
 	}
+	if cfg.databaseURL == "" && onPostgres() {
+		cfg.databaseURL = freshDatabaseURL(t)
+	}
+	env := cfg.env
+	if cfg.databaseURL != "" {
+		// First, so that a WithEnv naming other stores still wins.
+		env = append([]string{"EVIDENT_DATABASE_URL=" + cfg.databaseURL}, env...)
+	}
 	logDir := t.TempDir()
 	s := &Server{
-		DataDir: cfg.dataDir,
-		env:     cfg.env,
-		logPath: filepath.Join(logDir, "server.log"),
-		client:  &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+		DataDir:     cfg.dataDir,
+		DatabaseURL: cfg.databaseURL,
+		env:         env,
+		logPath:     filepath.Join(logDir, "server.log"),
+		client:      &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
 	}
 	s.addr = freeAddr(t)
 	s.URL = "http://" + s.addr
@@ -122,7 +182,6 @@ func startServer(t *testing.T, opts ...Option) *Server {
 			t.Logf("server output (%s):\n%s", s.logPath, tail(s.logPath, 200))
 		}
 	})
-	s.start(t)
 	return s
 }
 
@@ -137,8 +196,50 @@ func freeAddr(t *testing.T) string {
 
 func (s *Server) start(t *testing.T) {
 	t.Helper()
+	if err := s.launch(); err != nil {
+		// Another test may have taken the port while this server was down.
+		if !strings.Contains(err.Error(), "address already in use") {
+			require.FailNow(t, err.Error())
+		}
+		s.addr = freeAddr(t)
+		s.URL = "http://" + s.addr
+		require.NoError(t, s.launch())
+	}
+	s.loginAdmin(t)
+}
+
+// loginAdmin logs the bootstrap admin in: AdminToken, AdminID.
+func (s *Server) loginAdmin(t *testing.T) {
+	t.Helper()
+	tok, _ := s.Login(t, adminEmail, adminPassword)
+	s.AdminToken = tok
+	me := s.Do(t, http.MethodGet, "/v1/users?email="+url.QueryEscape(adminEmail), tok, nil)
+	require.Equal(t, http.StatusOK, me.Status, "find admin: %s", me.Body)
+	var page struct {
+		Items []struct {
+			ID string `json:"id"`
+		} `json:"items"`
+	}
+	me.Decode(t, &page)
+	require.Len(t, page.Items, 1, "admin row")
+	s.AdminID = page.Items[0].ID
+}
+
+// launch starts the process and waits until /readyz answers 200.
+func (s *Server) launch() error {
+	done, err := s.spawn()
+	if err != nil {
+		return err
+	}
+	return s.waitReady(done)
+}
+
+// spawn starts the process and returns at once; done is closed when it exits.
+func (s *Server) spawn() (<-chan struct{}, error) {
 	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	require.NoError(t, err)
+	if err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	s.runs++
 	fmt.Fprintf(logf, "=== start %d on %s\n", s.runs, s.addr)
@@ -155,41 +256,33 @@ func (s *Server) start(t *testing.T) {
 	)
 	cmd.Env = append(cmd.Env, s.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	require.NoError(t, cmd.Start())
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
 	done := make(chan struct{})
 	go func() {
-		_ = cmd.Wait()
+		err := cmd.Wait()
 		logf.Close()
+		s.mu.Lock()
+		s.exitErr = err
+		s.mu.Unlock()
 		close(done)
 	}()
 	s.mu.Lock()
 	s.cmd, s.done = cmd, done
 	s.mu.Unlock()
-
-	s.waitReady(t, done)
-	tok, _ := s.Login(t, adminEmail, adminPassword)
-	s.AdminToken = tok
-	me := s.Do(t, http.MethodGet, "/v1/users?email="+url.QueryEscape(adminEmail), tok, nil)
-	require.Equal(t, http.StatusOK, me.Status, "find admin: %s", me.Body)
-	var page struct {
-		Items []struct {
-			ID string `json:"id"`
-		} `json:"items"`
-	}
-	me.Decode(t, &page)
-	require.Len(t, page.Items, 1, "admin row")
-	s.AdminID = page.Items[0].ID
+	return done, nil
 }
 
-func (s *Server) waitReady(t *testing.T, done <-chan struct{}) {
-	t.Helper()
+func (s *Server) waitReady(done <-chan struct{}) error {
 	deadline := time.Now().Add(30 * time.Second)
 	c := &http.Client{Timeout: 2 * time.Second}
 	last := ""
 	for time.Now().Before(deadline) {
 		select {
 		case <-done:
-			require.FailNow(t, "evident serve exited before it was ready", "output:\n%s", tail(s.logPath, 100))
+			return fmt.Errorf("evident serve exited before it was ready; output:\n%s", tail(s.logPath, 100))
 		default:
 		}
 		resp, err := c.Get(s.URL + "/readyz")
@@ -197,7 +290,7 @@ func (s *Server) waitReady(t *testing.T, done <-chan struct{}) {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 			last = fmt.Sprintf("%d %s", resp.StatusCode, b)
 		} else {
@@ -205,7 +298,8 @@ func (s *Server) waitReady(t *testing.T, done <-chan struct{}) {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-	require.FailNow(t, "evident serve was not ready within 30s", "last /readyz: %s\noutput:\n%s", last, tail(s.logPath, 100))
+	s.Kill()
+	return fmt.Errorf("evident serve was not ready within 30s; last /readyz: %s\noutput:\n%s", last, tail(s.logPath, 100))
 }
 
 // Kill sends SIGKILL and waits until the process is gone.
@@ -235,11 +329,20 @@ func (s *Server) signal(sig syscall.Signal, grace time.Duration) {
 }
 
 // Restart stops a running process (SIGTERM) and starts serve again on the
-// same data directory and port, refreshing AdminToken.
+// same data directory and port (a new port if that one was taken meanwhile;
+// URL follows), refreshing AdminToken.
 func (s *Server) Restart(t *testing.T) {
 	t.Helper()
 	s.Stop()
 	s.start(t)
+}
+
+// ExitErr is how the last process exited (nil for status 0); call it after
+// Stop or Kill.
+func (s *Server) ExitErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.exitErr
 }
 
 // Running reports whether the process is still alive.
@@ -351,7 +454,8 @@ func (s *Server) TryContext(ctx context.Context, method, path, token string, bod
 	return &Response{Status: resp.StatusCode, Header: resp.Header, Body: b}, nil
 }
 
-// CLI runs the binary with args and --data-dir, returning its stdout; err
+// CLI runs the binary with args and --data-dir, and the server's own
+// environment (its stores and WithEnv settings), returning its stdout; err
 // carries stderr when the command fails.
 func (s *Server) CLI(t testing.TB, args ...string) (string, error) {
 	t.Helper()
@@ -359,6 +463,7 @@ func (s *Server) CLI(t testing.TB, args ...string) (string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binPath, append(args, "--data-dir", s.DataDir)...)
 	cmd.Env = append(os.Environ(), "EVIDENT_PASSWORD_COST=4")
+	cmd.Env = append(cmd.Env, s.env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
