@@ -80,3 +80,31 @@ func TestPoisonEventIsParkedRetriedAndSkipped(t *testing.T) {
 	r := s.Do(t, http.MethodGet, "/v1/workflows/parked", s.AdminToken, nil)
 	assert.JSONEq(t, `{"items":[]}`, string(r.Body))
 }
+
+// TestAutoActivation: with auto-activation on, the workflow activates every
+// new user with method auto, once, and the user can log in.
+func TestAutoActivation(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, WithEnv("EVIDENT_ENABLE_AUTO_ACTIVATION=true"))
+	email := uniqueEmail(t)
+	r := s.Do(t, http.MethodPost, "/v1/users", "", map[string]any{"email": email, "name": "Auto", "password": "auto-password-1"})
+	require.Equal(t, http.StatusCreated, r.Status, r.String())
+	id, _ := r.JSON(t)["id"].(string)
+	require.Eventually(t, func() bool {
+		u := s.Do(t, http.MethodGet, "/v1/users/"+id, s.AdminToken, nil)
+		return u.Status == http.StatusOK && u.JSON(t)["status"] == "active"
+	}, 10*time.Second, 20*time.Millisecond)
+	token, _ := s.Login(t, email, "auto-password-1")
+	assert.NotEmpty(t, token)
+	rows := s.UserEvents(t, id)
+	activated := 0
+	for _, row := range rows {
+		if row["action"] == "user_activated" {
+			activated++
+			details, _ := row["details"].(map[string]any)
+			assert.Equal(t, "auto", details["method"])
+			assert.Equal(t, "system", row["actor_id"])
+		}
+	}
+	assert.Equal(t, 1, activated)
+}
