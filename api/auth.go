@@ -7,6 +7,7 @@ import (
 	"evident/commands"
 	"evident/domain/user"
 
+	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 )
 
@@ -70,7 +71,7 @@ func (s *Server) require(roles ...role) echo.MiddlewareFunc {
 				case r == roleAny,
 					r == roleAdmin && p.HasRole(user.RoleAdmin),
 					r == roleAuditor && p.HasRole(user.RoleAuditor),
-					r == roleSelf && c.Param("id") == p.UserID.String():
+					r == roleSelf && isSelf(c, p):
 					return next(c)
 				}
 			}
@@ -82,4 +83,11 @@ func (s *Server) require(roles ...role) echo.MiddlewareFunc {
 func isAdmin(c echo.Context) bool {
 	p, ok := principal(c)
 	return ok && p.HasRole(user.RoleAdmin)
+}
+
+// isSelf reports whether the :id path parameter names the principal, in
+// any spelling uuid.Parse accepts.
+func isSelf(c echo.Context, p commands.Principal) bool {
+	id, err := uuid.Parse(c.Param("id"))
+	return err == nil && id == p.UserID
 }

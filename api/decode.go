@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"evident/eventstore"
 
@@ -128,9 +130,23 @@ func queryTime(c echo.Context, name string) (time.Time, error) {
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
-		return time.Time{}, badParam(name, "must be an RFC 3339 time with an offset, e.g. 2026-01-02T15:04:05Z")
+		return time.Time{}, badParam(name, "must be an RFC 3339 time with an offset, e.g. 2026-01-02T15:04:05Z (write + as %2B)")
+	}
+	if t.Before(time.Unix(0, 0)) {
+		// Also keeps Go's zero time, which means "not given", out of filters.
+		return time.Time{}, badParam(name, "must not be before 1970-01-01T00:00:00Z")
 	}
 	return t.UTC(), nil
+}
+
+// queryText reads a free-text filter; it must be valid UTF-8 without control
+// characters (a database would refuse a NUL with an error, not an empty answer).
+func queryText(c echo.Context, name string) (string, error) {
+	s := c.QueryParam(name)
+	if len(s) > 320 || !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) {
+		return "", badParam(name, "must be printable UTF-8 of at most 320 bytes")
+	}
+	return s, nil
 }
 
 // queryPosition reads ?after=<position>.

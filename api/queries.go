@@ -60,13 +60,17 @@ func (s *Server) listUsers(c echo.Context) error {
 		return err
 	}
 	f := readmodels.UserFilter{Status: c.QueryParam("status"), Cursor: c.QueryParam("cursor"), Limit: limit}
+	email, err := queryText(c, "email")
+	if err != nil {
+		return err
+	}
 	switch f.Status {
 	case "", "pending", "active", "inactive", "suspended", "deleted":
 	default:
 		return badParam("status", "must be one of pending, active, inactive, suspended, deleted")
 	}
-	if e := c.QueryParam("email"); e != "" {
-		f.Email = normalizeQueryEmail(e)
+	if email != "" {
+		f.Email = normalizeQueryEmail(email)
 	}
 	page, err := s.q.Users(c.Request().Context(), f)
 	if err != nil {
@@ -161,6 +165,10 @@ func (s *Server) auditPage(c echo.Context, uid *uuid.UUID) error {
 		p.Field = "from"
 		return p
 	}
+	actorID, err := queryText(c, "actor_id")
+	if err != nil {
+		return err
+	}
 	if a := c.QueryParam("action"); a != "" && !projections.IsAction(a) {
 		return badParam("action", "is not an audit action (e.g. user_created, user_logged_in, session_revoked)")
 	}
@@ -176,7 +184,7 @@ func (s *Server) auditPage(c echo.Context, uid *uuid.UUID) error {
 		return err
 	}
 	page, err := s.q.Audit(c.Request().Context(), readmodels.AuditFilter{
-		UserID: uid, ActorID: c.QueryParam("actor_id"), Action: c.QueryParam("action"),
+		UserID: uid, ActorID: actorID, Action: c.QueryParam("action"),
 		From: from, To: to, Cursor: c.QueryParam("cursor"), Limit: limit, Desc: desc,
 	})
 	if err != nil {

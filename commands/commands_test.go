@@ -345,3 +345,45 @@ func TestConflictRetriesAreBounded(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// interleaving is the real store with one deletion slipped in just before
+// the first session append, as a racing admin would.
+type interleaving struct {
+	*sqlite.Store
+	before func()
+	once   sync.Once
+}
+
+func (s *interleaving) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error) {
+	if strings.HasPrefix(reqs[0].Stream, "session-") {
+		s.once.Do(s.before)
+	}
+	return s.Store.Append(ctx, reqs...)
+}
+
+func TestLoginRacingDeletionIsRefused(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.activeUser(t, "race@example.org", "password-123")
+	store := &interleaving{Store: f.events}
+	h := commands.NewHandler(store, f.rm, f.rm, nil, commands.Options{Now: f.clock, PasswordCost: bcrypt.MinCost})
+	store.before = func() {
+		_, err := f.h.Delete(ctx, admin, id, "raced", nil)
+		require.NoError(t, err)
+	}
+	_, err := h.Login(ctx, commands.Meta{}, "race@example.org", "password-123")
+	require.ErrorIs(t, err, user.ErrNotActive, "a login that lands after the deletion is refused")
+
+	// The session it had written is closed at once.
+	var opened, revoked int
+	for _, e := range f.allEvents(t) {
+		switch e.Type {
+		case "auth.user_logged_in":
+			opened++
+		case "auth.session_revoked":
+			revoked++
+		}
+	}
+	assert.Equal(t, 1, opened)
+	assert.Equal(t, 1, revoked)
+}

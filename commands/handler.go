@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"evident/domain/email"
@@ -60,6 +61,9 @@ type Handler struct {
 	waiter   Waiter
 	opts     Options
 	log      *slog.Logger
+
+	dummyOnce sync.Once
+	dummy     []byte
 }
 
 // NewHandler wires a Handler. sessions and waiter may be nil: then a

@@ -25,8 +25,14 @@ type NewSession struct {
 }
 
 // dummyHash is compared against when no user matches, so that a login for an
-// unknown address costs as much time as one with a wrong password.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("evident-no-such-user"), bcrypt.DefaultCost)
+// unknown address costs as much time as one with a wrong password: it is made
+// once, at the handler's own bcrypt cost.
+func (h *Handler) dummyHash() []byte {
+	h.dummyOnce.Do(func() {
+		h.dummy, _ = bcrypt.GenerateFromPassword([]byte("evident-no-such-user"), h.cost())
+	})
+	return h.dummy
+}
 
 // Login checks an e-mail/password pair against the write side and opens a
 // session. Unknown address, wrong password and missing password are the same
@@ -47,7 +53,7 @@ func (h *Handler) Login(ctx context.Context, meta Meta, emailAddr, password stri
 			return NewSession{}, err
 		}
 	}
-	hash := dummyHash
+	hash := h.dummyHash()
 	if lu.state.Exists && lu.state.CredentialID != nil {
 		stored, err := h.creds.Credential(ctx, *lu.state.CredentialID)
 		if err != nil {
@@ -83,6 +89,20 @@ func (h *Handler) Login(ctx context.Context, meta Meta, emailAddr, password stri
 	res, err := h.write(ctx, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: eventstore.NoStream, Events: data})
 	if err != nil {
 		return NewSession{}, fmt.Errorf("append %s: %w", SessionStream(sid), err)
+	}
+	// A deactivation, suspension or deletion may have landed between the
+	// check above and the append (they are different streams). Look again:
+	// if the user moved on, the new session is revoked at once and the login
+	// is refused, so no client holds a 201 for a user who was no longer active.
+	after, err := h.loadUser(ctx, owner)
+	if err != nil {
+		return NewSession{}, err
+	}
+	if after.version != lu.version && after.state.Status != user.StatusActive {
+		if _, err := h.RevokeSession(ctx, Meta{ActorID: System, CorrelationID: meta.CorrelationID}, sid, "user_"+string(after.state.Status)); err != nil {
+			h.log.WarnContext(ctx, "revoke a login that raced its user's end", "stream", SessionStream(sid), "err", err)
+		}
+		return NewSession{}, user.ErrNotActive
 	}
 	return NewSession{Token: token, SessionID: sid, UserID: owner, ExpiresAt: expires, Position: res.Position}, nil
 }

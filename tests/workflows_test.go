@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,4 +108,33 @@ func TestAutoActivation(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, activated)
+}
+
+// TestQueryFiltersRefuseControlBytes: a NUL or invalid UTF-8 in a filter is
+// the client's mistake on every store (PostgreSQL would refuse it with an
+// error of its own), and an instant before 1970 cannot sneak in as "no bound".
+func TestQueryFiltersRefuseControlBytes(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	for _, path := range []string{
+		"/v1/audit?actor_id=%00", "/v1/audit?actor_id=%ff", "/v1/users?email=%00",
+		"/v1/audit?to=0001-01-01T00:00:00Z", "/v1/audit?from=1969-12-31T23:59:59Z",
+	} {
+		r := s.Do(t, http.MethodGet, path, s.AdminToken, nil)
+		assertProblem(t, r, http.StatusBadRequest, "invalid_parameter", path)
+	}
+	id := s.RegisterUser(t, uniqueEmail(t), "Self")
+	r := s.Do(t, http.MethodGet, "/v1/users/"+id+"/state?at=0001-01-01T00:00:00Z", s.AdminToken, nil)
+	assertProblem(t, r, http.StatusBadRequest, "invalid_parameter")
+}
+
+// TestSelfInAnySpelling: a member reaches its own profile whatever case its
+// id is written in.
+func TestSelfInAnySpelling(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	id, email := s.NewActiveUser(t, "Upper")
+	token, _ := s.Login(t, email, userPassword)
+	r := s.Do(t, http.MethodGet, "/v1/users/"+strings.ToUpper(id), token, nil)
+	assert.Equal(t, http.StatusOK, r.Status, r.String())
 }
