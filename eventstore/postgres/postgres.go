@@ -245,8 +245,8 @@ func (s *Store) Count(ctx context.Context) (int64, error) {
 // path, and a retry racing its own first attempt waits on that attempt's row
 // locks and then sees it committed.
 func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error) {
-	if err := validate(reqs); err != nil {
-		return eventstore.AppendResult{}, err
+	if err := eventstore.CheckAppend(reqs, MaxAppendEvents, MaxAppendBytes); err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("postgres eventstore: %w", err)
 	}
 	res, err := s.append(ctx, reqs)
 	if err == nil {
@@ -440,45 +440,6 @@ func bytesOf(b []byte) []byte {
 		return []byte{} // NOT NULL; read back as nil, as from SQLite
 	}
 	return b
-}
-
-func validate(reqs []eventstore.AppendRequest) error {
-	if len(reqs) == 0 {
-		return fmt.Errorf("postgres eventstore: append without requests: %w", eventstore.ErrInvalid)
-	}
-	var events, size int
-	ids := make(map[uuid.UUID]struct{})
-	for i, r := range reqs {
-		switch {
-		case r.Stream == "":
-			return fmt.Errorf("postgres eventstore: request %d: empty stream name: %w", i, eventstore.ErrInvalid)
-		case len(r.Events) == 0:
-			return fmt.Errorf("postgres eventstore: append to %q: no events: %w", r.Stream, eventstore.ErrInvalid)
-		case r.Expected < eventstore.Any:
-			return fmt.Errorf("postgres eventstore: append to %q: bad expected version %d: %w", r.Stream, r.Expected, eventstore.ErrInvalid)
-		}
-		for j, e := range r.Events {
-			switch {
-			case e.ID == uuid.Nil:
-				return fmt.Errorf("postgres eventstore: append to %q: event %d has no id: %w", r.Stream, j, eventstore.ErrInvalid)
-			case e.Type == "":
-				return fmt.Errorf("postgres eventstore: append to %q: event %s has no type: %w", r.Stream, e.ID, eventstore.ErrInvalid)
-			}
-			if _, dup := ids[e.ID]; dup {
-				return fmt.Errorf("postgres eventstore: append to %q: event id %s appears twice: %w", r.Stream, e.ID, eventstore.ErrInvalid)
-			}
-			ids[e.ID] = struct{}{}
-			size += len(e.Data) + len(e.Metadata)
-		}
-		events += len(r.Events)
-	}
-	if events > MaxAppendEvents {
-		return fmt.Errorf("postgres eventstore: %d events in one append, limit %d: %w", events, MaxAppendEvents, eventstore.ErrTooLarge)
-	}
-	if size > MaxAppendBytes {
-		return fmt.Errorf("postgres eventstore: %d bytes in one append, limit %d: %w", size, MaxAppendBytes, eventstore.ErrTooLarge)
-	}
-	return nil
 }
 
 // earlierResult finds an append already written with the same event ids.

@@ -124,8 +124,8 @@ func (s *Store) Count(ctx context.Context) (int64, error) {
 // append is a retry: nothing is written and the earlier result is returned,
 // or ErrInvalid if the rest of the request does not match what was written.
 func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error) {
-	if err := validate(reqs); err != nil {
-		return eventstore.AppendResult{}, err
+	if err := eventstore.CheckAppend(reqs, MaxAppendEvents, MaxAppendBytes); err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("sqlite eventstore: %w", err)
 	}
 
 	tx, err := s.db.Write.BeginTx(ctx, nil)
@@ -185,45 +185,6 @@ func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (e
 	s.notify()
 	res.Position = eventstore.At(uint64(last))
 	return res, nil
-}
-
-func validate(reqs []eventstore.AppendRequest) error {
-	if len(reqs) == 0 {
-		return fmt.Errorf("sqlite eventstore: append without requests: %w", eventstore.ErrInvalid)
-	}
-	var events, size int
-	ids := make(map[uuid.UUID]struct{})
-	for i, r := range reqs {
-		switch {
-		case r.Stream == "":
-			return fmt.Errorf("sqlite eventstore: request %d: empty stream name: %w", i, eventstore.ErrInvalid)
-		case len(r.Events) == 0:
-			return fmt.Errorf("sqlite eventstore: append to %q: no events: %w", r.Stream, eventstore.ErrInvalid)
-		case r.Expected < eventstore.Any:
-			return fmt.Errorf("sqlite eventstore: append to %q: bad expected version %d: %w", r.Stream, r.Expected, eventstore.ErrInvalid)
-		}
-		for j, e := range r.Events {
-			switch {
-			case e.ID == uuid.Nil:
-				return fmt.Errorf("sqlite eventstore: append to %q: event %d has no id: %w", r.Stream, j, eventstore.ErrInvalid)
-			case e.Type == "":
-				return fmt.Errorf("sqlite eventstore: append to %q: event %s has no type: %w", r.Stream, e.ID, eventstore.ErrInvalid)
-			}
-			if _, dup := ids[e.ID]; dup {
-				return fmt.Errorf("sqlite eventstore: append to %q: event id %s appears twice: %w", r.Stream, e.ID, eventstore.ErrInvalid)
-			}
-			ids[e.ID] = struct{}{}
-			size += len(e.Data) + len(e.Metadata)
-		}
-		events += len(r.Events)
-	}
-	if events > MaxAppendEvents {
-		return fmt.Errorf("sqlite eventstore: %d events in one append, limit %d: %w", events, MaxAppendEvents, eventstore.ErrTooLarge)
-	}
-	if size > MaxAppendBytes {
-		return fmt.Errorf("sqlite eventstore: %d bytes in one append, limit %d: %w", size, MaxAppendBytes, eventstore.ErrTooLarge)
-	}
-	return nil
 }
 
 // earlierResult finds an append already written with the same event ids.
