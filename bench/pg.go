@@ -111,6 +111,21 @@ func (sc *pgSchema) url(conns int) string {
 	return u.String()
 }
 
+// freshPool is a fresh schema with a pool on it; the schema is dropped again
+// when the pool cannot be had.
+func (s *pgServer) freshPool(ctx context.Context, conns int) (*pgSchema, *pgxpool.Pool, error) {
+	sc, err := s.freshSchema(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := sc.pool(ctx, conns)
+	if err != nil {
+		sc.Drop()
+		return nil, nil, err
+	}
+	return sc, pool, nil
+}
+
 func (sc *pgSchema) pool(ctx context.Context, conns int) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(sc.url(conns))
 	if err != nil {

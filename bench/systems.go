@@ -67,13 +67,8 @@ type evidentAppender struct {
 }
 
 func openEvidentPG(ctx context.Context, w where, conns int) (appender, error) {
-	sc, err := w.pg.freshSchema(ctx)
+	sc, pool, err := w.pg.freshPool(ctx, conns)
 	if err != nil {
-		return nil, err
-	}
-	pool, err := sc.pool(ctx, conns)
-	if err != nil {
-		sc.Drop()
 		return nil, err
 	}
 	st, err := evpg.New(ctx, pool)
@@ -195,13 +190,8 @@ func openRawPGNotify(ctx context.Context, w where, conns int) (appender, error) 
 
 func openRawPG(optimistic bool) func(ctx context.Context, w where, conns int) (appender, error) {
 	return func(ctx context.Context, w where, conns int) (appender, error) {
-		sc, err := w.pg.freshSchema(ctx)
+		sc, pool, err := w.pg.freshPool(ctx, conns)
 		if err != nil {
-			return nil, err
-		}
-		pool, err := sc.pool(ctx, conns)
-		if err != nil {
-			sc.Drop()
 			return nil, err
 		}
 		if _, err := pool.Exec(ctx, rawPGTable); err != nil {
@@ -461,13 +451,8 @@ type goesAppender struct {
 }
 
 func openGoes(ctx context.Context, w where, conns int) (appender, error) {
-	sc, err := w.pg.freshSchema(ctx)
+	sc, pool, err := w.pg.freshPool(ctx, conns)
 	if err != nil {
-		return nil, err
-	}
-	pool, err := sc.pool(ctx, conns)
-	if err != nil {
-		sc.Drop()
 		return nil, err
 	}
 	reg := codec.New()

@@ -28,20 +28,10 @@ import (
 
 var t0 = time.Date(2030, 5, 6, 7, 8, 9, 0, time.UTC)
 
-// dialects are the read-model databases every runner test runs on.
-// PostgreSQL cases skip unless EVIDENT_TEST_DATABASE_URL names a server.
-var dialects = []string{readmodels.DialectSQLite, readmodels.DialectPostgres}
-
-// eachDialect runs test once per dialect, in parallel subtests.
+// eachDialect runs test on SQLite and on PostgreSQL.
 func eachDialect(t *testing.T, test func(t *testing.T, dialect string)) {
 	t.Helper()
-	t.Parallel()
-	for _, d := range dialects {
-		t.Run(d, func(t *testing.T) {
-			t.Parallel()
-			test(t, d)
-		})
-	}
+	pgtest.EachDialect(t, test)
 }
 
 // env is a real SQLite file holding the event log and, on SQLite, the read

@@ -15,20 +15,10 @@ import (
 	"evident/readmodels"
 )
 
-// dialects are the databases every test runs on. PostgreSQL cases skip
-// unless EVIDENT_TEST_DATABASE_URL names a server (see pgtest).
-var dialects = []string{readmodels.DialectSQLite, readmodels.DialectPostgres}
-
-// eachDialect runs test once per dialect, in parallel subtests.
+// eachDialect runs test on SQLite and on PostgreSQL.
 func eachDialect(t *testing.T, test func(t *testing.T, dialect string)) {
 	t.Helper()
-	t.Parallel()
-	for _, d := range dialects {
-		t.Run(d, func(t *testing.T) {
-			t.Parallel()
-			test(t, d)
-		})
-	}
+	pgtest.EachDialect(t, test)
 }
 
 // newStore opens a migrated Store on a fresh database of the dialect: a
