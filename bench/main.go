@@ -71,7 +71,8 @@ func main() {
 func run() (int, error) {
 	var (
 		profName = flag.String("profile", "smoke", "full or smoke")
-		pgURL    = flag.String("pg", envOr("EVIDENT_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"), "PostgreSQL server (loopback only); the benchmark creates and drops database evident_bench")
+		pgURL    = flag.String("pg", envOr("EVIDENT_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"), "PostgreSQL server (loopback only); the benchmark creates and drops the database -db on it")
+		dbName   = flag.String("db", "evident_bench", "the database the benchmark creates and drops (give concurrent runs different names)")
 		docPath  = flag.String("doc", "", "write the table into this Markdown file (default: ../docs/benchmarks.md for -profile full, none for smoke)")
 		only     = flag.String("only", "", "run only scenarios whose label matches this regexp (development)")
 		tmpDir   = flag.String("tmp", "", "directory for SQLite files and the fsync probe (default: a temp dir on the work disk)")
@@ -137,7 +138,7 @@ func run() (int, error) {
 		}
 		defer os.RemoveAll(tmp)
 	}
-	pg, err := openPG(ctx, *pgURL)
+	pg, err := openPG(ctx, *pgURL, *dbName)
 	if err != nil {
 		if p.guard {
 			// The smoke profile fails only on the regression guard; a

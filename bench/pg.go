@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -25,7 +26,10 @@ type pgServer struct {
 	seq     atomic.Int64
 }
 
-func openPG(ctx context.Context, base string) (*pgServer, error) {
+func openPG(ctx context.Context, base, dbName string) (*pgServer, error) {
+	if !regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`).MatchString(dbName) {
+		return nil, fmt.Errorf("database name %q: use lower-case letters, digits and underscores", dbName)
+	}
 	u, err := url.Parse(base)
 	if err != nil {
 		return nil, fmt.Errorf("postgres url: %w", err)
@@ -33,7 +37,7 @@ func openPG(ctx context.Context, base string) (*pgServer, error) {
 	if h := u.Hostname(); h != "127.0.0.1" && h != "localhost" && h != "::1" {
 		return nil, fmt.Errorf("postgres url: host %q is not loopback; the benchmark only talks to this machine", h)
 	}
-	s := &pgServer{baseURL: base, dbName: "evident_bench"}
+	s := &pgServer{baseURL: base, dbName: dbName}
 	var conn *pgx.Conn
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
 		if conn, err = pgx.Connect(ctx, base); err == nil || time.Now().After(deadline) {
