@@ -12,6 +12,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -95,12 +96,22 @@ var migrations embed.FS
 // READ COMMITTED a guard that waited on a concurrent append re-checks the row
 // that append committed.
 //
+// # One statement per group of appends
+//
+// The checks and inserts run server-side, in the evident_append function
+// (migrations/00002), so an append is one round trip; concurrent appends
+// are written by the same statement, in one transaction, each in its own
+// subtransaction (group commit, see group.go). All events of a group share
+// one tx, in the order the appends were taken.
+//
 // # Waking readers
 //
-// Every append sends pg_notify on a channel named after the schema, which
-// PostgreSQL delivers at commit. The first Wait starts one listener
-// connection, taken out of the pool, that wakes every waiter; it reconnects
-// with backoff when it drops, and Wait also wakes every fallbackWake.
+// After each commit a notifier sends pg_notify on a channel named after the
+// schema, on a connection of its own; commits made while one is being sent
+// share the next. The first Wait starts one listener connection, taken out
+// of the pool, that wakes every waiter; it reconnects with backoff when it
+// drops, and Wait also wakes every fallbackWake. Waiters in the appending
+// process are woken at commit, without the round trip.
 type Store struct {
 	pool    *pgxpool.Pool
 	channel string // the NOTIFY channel of this schema's log
@@ -117,12 +128,27 @@ type Store struct {
 	closed    bool
 	stop      context.CancelFunc // ends the listener
 	stopped   chan struct{}      // closed when the listener has ended
+
+	// Group commit (group.go).
+	qmu          sync.Mutex
+	queue        []*call
+	committers   int  // running, at most maxCommitters
+	appendClosed bool // Close has begun: no new appends
+	notifying    bool // the notifier runs
+	commitWG     sync.WaitGroup
+	groupCtx     context.Context // statements of groups; cancelled by Close
+	groupCancel  context.CancelFunc
+	notify       chan struct{} // capacity 1: a notification is due
+	notifierDone chan struct{}
+	groups       atomic.Int64 // statements sent, for tests
+	grouped      atomic.Int64 // appends they carried
 }
 
 var _ eventstore.Store = (*Store)(nil)
 
 // New returns a Store on pool, creating or migrating its tables in the
-// connection's current schema first. It starts no goroutine. The Store does
+// connection's current schema first. It starts no goroutine: appends start
+// their committers and the notifier, Wait the listener. The Store does
 // not own pool: Close leaves it open for the caller to close. The listener
 // (see Wait) takes one connection out of the pool for good; the pool opens
 // another in its place.
@@ -142,7 +168,12 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 	if err := migrate(ctx, pool, schema); err != nil {
 		return nil, err
 	}
-	return &Store{pool: pool, channel: channelName(schema), changed: make(chan struct{})}, nil
+	gctx, cancel := context.WithCancel(context.Background())
+	return &Store{
+		pool: pool, channel: channelName(schema), changed: make(chan struct{}),
+		groupCtx: gctx, groupCancel: cancel,
+		notify: make(chan struct{}, 1), notifierDone: make(chan struct{}),
+	}, nil
 }
 
 // channelName is the NOTIFY channel for the log in schema: one per schema,
@@ -201,9 +232,21 @@ func (l schemaLock) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
 	return err
 }
 
-// Close stops the listener and wakes every Wait in progress. It does not
-// close the pool given to New: the caller opened it, shares it, and closes it.
+// Close refuses new appends, lets the ones already queued finish, stops
+// the notifier and the listener, and wakes every Wait in progress. It does
+// not close the pool given to New: the caller opened it, shares it, and
+// closes it.
 func (s *Store) Close() error {
+	s.qmu.Lock()
+	s.appendClosed = true
+	notifying := s.notifying
+	s.qmu.Unlock()
+	s.commitWG.Wait()
+	s.groupCancel()
+	if notifying {
+		<-s.notifierDone
+	}
+
 	s.mu.Lock()
 	s.closed = true
 	stop, stopped := s.stop, s.stopped
@@ -244,15 +287,18 @@ func (s *Store) Count(ctx context.Context) (int64, error) {
 // recognised after the conflict it causes, so it costs nothing on the normal
 // path, and a retry racing its own first attempt waits on that attempt's row
 // locks and then sees it committed.
+//
+// When ctx ends before the append was sent, nothing is written; after, the
+// error says the outcome is unknown.
 func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error) {
 	if err := eventstore.CheckAppend(reqs, MaxAppendEvents, MaxAppendBytes); err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("postgres eventstore: %w", err)
 	}
-	res, err := s.append(ctx, reqs)
-	if err == nil {
-		s.wake() // waiters in this process need not wait for the round trip
-		return res, nil
+	r := s.submit(ctx, reqs)
+	if r.err == nil {
+		return r.res, nil
 	}
+	err := r.err
 	if !errors.Is(err, eventstore.ErrWrongVersion) && !errors.Is(err, errIDTaken) {
 		return eventstore.AppendResult{}, err
 	}
@@ -268,8 +314,8 @@ func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (e
 	return eventstore.AppendResult{}, err
 }
 
-// errIDTaken marks an insert that hit the unique event id; Append decides
-// whether that is a retry or ErrInvalid.
+// errIDTaken marks an append whose event id is already in the log; Append
+// decides whether that is a retry or ErrInvalid.
 var errIDTaken = errors.New("event id is already in the log")
 
 // streamPlan is what one append does to one stream's row.
@@ -277,88 +323,6 @@ type streamPlan struct {
 	stream   string
 	expected int64 // of the first request naming the stream
 	events   int64 // over every request naming it
-	start    int64 // the version before the append, once known
-}
-
-func (s *Store) append(ctx context.Context, reqs []eventstore.AppendRequest) (_ eventstore.AppendResult, err error) {
-	plans := planStreams(reqs)
-
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return eventstore.AppendResult{}, wrap(ctx, "begin append", err)
-	}
-	// A no-op after Commit.
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-
-	// 1. Check and move every stream's version, in stream-name order.
-	b := &pgx.Batch{}
-	for _, p := range plans {
-		switch p.expected {
-		case eventstore.NoStream:
-			b.Queue(`INSERT INTO streams (stream, version) VALUES ($1, $2) ON CONFLICT (stream) DO NOTHING`,
-				p.stream, p.events-1)
-		case eventstore.Any:
-			b.Queue(`INSERT INTO streams AS s (stream, version) VALUES ($1, $2 - 1)
-				ON CONFLICT (stream) DO UPDATE SET version = s.version + $2 RETURNING version`,
-				p.stream, p.events)
-		default:
-			b.Queue(`UPDATE streams SET version = $2 WHERE stream = $1 AND version = $3`,
-				p.stream, p.expected+p.events, p.expected)
-		}
-	}
-	if err := s.checkStreams(ctx, tx.SendBatch(ctx, b), plans); err != nil {
-		return eventstore.AppendResult{}, err
-	}
-
-	// 2. Later requests on a stream named earlier in this append are checked
-	// against the version the earlier ones leave.
-	current := make(map[string]int64, len(plans))
-	for _, p := range plans {
-		current[p.stream] = p.start
-	}
-	res := eventstore.AppendResult{Versions: make([]int64, len(reqs))}
-	b = &pgx.Batch{}
-	for i, r := range reqs {
-		v := current[r.Stream]
-		if r.Expected != eventstore.Any && r.Expected != v {
-			return eventstore.AppendResult{}, fmt.Errorf("postgres eventstore: append to %q: expected version %d, stream is at %d: %w",
-				r.Stream, r.Expected, v, eventstore.ErrWrongVersion)
-		}
-		for _, e := range r.Events {
-			v++
-			b.Queue(`INSERT INTO events (event_id, stream, version, type, data, metadata)
-				VALUES ($1, $2, $3, $4, $5, $6) RETURNING tx::text::bigint, seq`,
-				e.ID, r.Stream, v, e.Type, bytesOf(e.Data), bytesOf(e.Metadata))
-		}
-		current[r.Stream] = v
-		res.Versions[i] = v
-	}
-	// Delivered when the transaction commits, not before.
-	b.Queue(`SELECT pg_notify($1, '')`, s.channel)
-
-	// 3. Insert the events in request order and learn the last position.
-	br := tx.SendBatch(ctx, b)
-	for _, r := range reqs {
-		for _, e := range r.Events {
-			var txid, seq int64
-			if err := br.QueryRow().Scan(&txid, &seq); err != nil {
-				_ = br.Close()
-				return eventstore.AppendResult{}, insertError(ctx, r.Stream, e.ID, err)
-			}
-			res.Position = eventstore.Position{Commit: uint64(txid), Prepare: uint64(seq)}
-		}
-	}
-	if err := br.Close(); err != nil {
-		return eventstore.AppendResult{}, wrap(ctx, "append: notify", err)
-	}
-
-	if s.beforeCommit != nil {
-		s.beforeCommit(ctx)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return eventstore.AppendResult{}, wrap(ctx, "commit append", err)
-	}
-	return res, nil
 }
 
 // planStreams groups the requests by stream, sorted by name: the order in
@@ -385,54 +349,6 @@ func planStreams(reqs []eventstore.AppendRequest) []streamPlan {
 		return 0
 	})
 	return plans
-}
-
-// checkStreams reads the results of the streams batch into plans' start
-// versions, failing with ErrWrongVersion at the first guard that matched
-// nothing.
-func (s *Store) checkStreams(ctx context.Context, br pgx.BatchResults, plans []streamPlan) (err error) {
-	defer func() {
-		if cerr := br.Close(); cerr != nil && err == nil {
-			err = wrap(ctx, "append: check versions", cerr)
-		}
-	}()
-	for i := range plans {
-		p := &plans[i]
-		if p.expected == eventstore.Any {
-			var v int64
-			if err := br.QueryRow().Scan(&v); err != nil {
-				return wrap(ctx, fmt.Sprintf("append to %q: move version", p.stream), err)
-			}
-			p.start = v - p.events
-			continue
-		}
-		tag, err := br.Exec()
-		if err != nil {
-			return wrap(ctx, fmt.Sprintf("append to %q: move version", p.stream), err)
-		}
-		if tag.RowsAffected() == 0 {
-			want := "no stream"
-			if p.expected >= 0 {
-				want = fmt.Sprintf("version %d", p.expected)
-			}
-			return fmt.Errorf("postgres eventstore: append to %q: expected %s: %w", p.stream, want, eventstore.ErrWrongVersion)
-		}
-		p.start = p.expected
-	}
-	return nil
-}
-
-// insertError maps a failed event insert. The streams row makes a (stream,
-// version) clash impossible for appends made through this package; it is
-// still mapped, in case something else wrote the table.
-func insertError(ctx context.Context, stream string, id uuid.UUID, err error) error {
-	switch uniqueViolation(err) {
-	case "events_event_id_key":
-		return fmt.Errorf("postgres eventstore: append to %q: event %s: %w", stream, id, errIDTaken)
-	case "events_stream_version_key":
-		return fmt.Errorf("postgres eventstore: append to %q: %w (%w)", stream, eventstore.ErrWrongVersion, err)
-	}
-	return wrap(ctx, fmt.Sprintf("append to %q", stream), err)
 }
 
 func bytesOf(b []byte) []byte {

@@ -1,0 +1,388 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"evident/eventstore"
+)
+
+// Group commit.
+//
+// Every Append goes through a queue. A committer takes everything queued (up
+// to maxGroupCalls appends or maxGroupBytes of payload) and writes it with one
+// call of the evident_append function (migrations/00002): one statement, one
+// round trip, one transaction and one WAL flush for the whole group. The
+// function runs each append in its own subtransaction, so a wrong expected
+// version or a reused event id fails that append alone.
+//
+// Up to maxCommitters groups are in flight at once, each on its own pooled
+// connection, so that one group's flush overlaps the next group's work (the
+// server shares WAL flushes between them too). There is no timer: a lone
+// writer finds an idle committer and gets a group of one, at the latency of
+// a plain one-statement transaction.
+//
+// If a group's statement fails as a whole (a deadlock with another writer,
+// a lost connection), each of its appends is retried alone, so no append can
+// fail because of another one.
+const (
+	maxCommitters = 4
+	maxGroupCalls = 32 // each call is a subtransaction; PostgreSQL caches 64 per transaction
+	maxGroupBytes = 4 << 20
+)
+
+// call is one Append waiting for its group.
+type call struct {
+	ctx   context.Context
+	reqs  []eventstore.AppendRequest
+	size  int
+	reply chan callResult // capacity 1: the committer never blocks on it
+}
+
+type callResult struct {
+	res eventstore.AppendResult
+	err error // errIDTaken when an event id is in the log: Append decides retry or misuse
+}
+
+func payload(reqs []eventstore.AppendRequest) int {
+	n := 0
+	for _, r := range reqs {
+		for _, e := range r.Events {
+			n += len(e.Data) + len(e.Metadata) + len(e.Type) + 64
+		}
+	}
+	return n
+}
+
+// submit queues reqs, starts a committer if fewer than maxCommitters run,
+// and waits for the outcome. When ctx ends while the call is still queued,
+// it is withdrawn and nothing is written; once its group has been sent the
+// outcome is unknown, and the error says so.
+func (s *Store) submit(ctx context.Context, reqs []eventstore.AppendRequest) callResult {
+	c := &call{ctx: ctx, reqs: reqs, size: payload(reqs), reply: make(chan callResult, 1)}
+	s.qmu.Lock()
+	if s.appendClosed {
+		s.qmu.Unlock()
+		return callResult{err: errors.New("postgres eventstore: append: the store is closed")}
+	}
+	s.queue = append(s.queue, c)
+	if !s.notifying {
+		s.notifying = true
+		go s.notifier()
+	}
+	if s.committers < maxCommitters {
+		s.committers++
+		s.commitWG.Add(1)
+		go s.commit()
+	}
+	s.qmu.Unlock()
+
+	select {
+	case r := <-c.reply:
+		return r
+	case <-ctx.Done():
+	}
+	s.qmu.Lock()
+	if i := slices.Index(s.queue, c); i >= 0 {
+		s.queue = slices.Delete(s.queue, i, i+1)
+		s.qmu.Unlock()
+		return callResult{err: fmt.Errorf("postgres eventstore: append withdrawn before it was sent, nothing written: %w", ctx.Err())}
+	}
+	s.qmu.Unlock()
+	return callResult{err: fmt.Errorf("postgres eventstore: append sent, outcome unknown (retrying the same append is safe): %w", ctx.Err())}
+}
+
+// commit runs groups until the queue is empty.
+func (s *Store) commit() {
+	defer s.commitWG.Done()
+	for {
+		s.qmu.Lock()
+		n, size := 0, 0
+		for n < len(s.queue) && n < maxGroupCalls && (n == 0 || size+s.queue[n].size <= maxGroupBytes) {
+			size += s.queue[n].size
+			n++
+		}
+		if n == 0 {
+			s.committers--
+			s.qmu.Unlock()
+			return
+		}
+		group := slices.Clone(s.queue[:n])
+		s.queue = slices.Delete(s.queue, 0, n)
+		s.qmu.Unlock()
+
+		s.groups.Add(1)
+		s.grouped.Add(int64(len(group)))
+		s.runGroup(group)
+	}
+}
+
+// runGroup writes group and answers every call in it.
+func (s *Store) runGroup(group []*call) {
+	results, err := s.writeGroup(s.groupCtx, group)
+	if err == nil {
+		s.committed()
+		for i, c := range group {
+			c.reply <- results[i]
+		}
+		return
+	}
+	if len(group) == 1 {
+		group[0].reply <- callResult{err: err}
+		return
+	}
+	// The whole statement failed: nothing of the group was written. Retry
+	// each call alone, so that whatever failed fails only its own append.
+	for _, c := range group {
+		if c.ctx.Err() != nil {
+			c.reply <- callResult{err: fmt.Errorf("postgres eventstore: append: its group failed (%v), and the caller gave up: %w", err, c.ctx.Err())}
+			continue
+		}
+		rs, err := s.writeGroup(s.groupCtx, []*call{c})
+		if err != nil {
+			c.reply <- callResult{err: err}
+			continue
+		}
+		s.committed()
+		c.reply <- rs[0]
+	}
+}
+
+// committed wakes this process's readers at once and asks the notifier to
+// wake the other processes'.
+func (s *Store) committed() {
+	s.wake()
+	select {
+	case s.notify <- struct{}{}:
+	default: // a notification is already due; it covers this commit too
+	}
+}
+
+// notifier sends one NOTIFY on the log's channel per wake-up, after the
+// commits it announces, so that readers in other processes wake up. Sending
+// it inside the append's transaction would be simpler, but PostgreSQL holds
+// a cluster-wide lock from a notifying transaction's pre-commit until its
+// commit is flushed, which would serialise every append. Out here one
+// NOTIFY covers every commit that happened while the previous one was being
+// sent. If the process dies between a commit and its NOTIFY, other readers
+// find the events at their fallbackWake.
+//
+// A NOTIFY is a transaction with an id of its own, so its commit would wait
+// for a WAL flush like an append's. It carries no data, so the notifier's
+// connection does not wait (synchronous_commit off): the notification is
+// delivered at commit either way. That connection is taken out of the pool
+// for good, like the listener's.
+func (s *Store) notifier() {
+	defer close(s.notifierDone)
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = conn.Close(ctx)
+		}
+	}()
+	send := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if conn == nil {
+			pc, err := s.pool.Acquire(ctx)
+			if err != nil {
+				return // best effort, see above
+			}
+			conn = pc.Hijack()
+			if _, err := conn.Exec(ctx, `SET synchronous_commit = off`); err != nil {
+				_ = conn.Close(ctx)
+				conn = nil
+				return
+			}
+		}
+		if _, err := conn.Exec(ctx, `SELECT pg_notify($1, '')`, s.channel); err != nil {
+			_ = conn.Close(ctx)
+			conn = nil // reconnect at the next commit
+		}
+	}
+	for {
+		select {
+		case <-s.notify:
+			send()
+		case <-s.groupCtx.Done():
+			select {
+			case <-s.notify: // the last commits' notification
+				send()
+			default:
+			}
+			return
+		}
+	}
+}
+
+// groupArgs is the evident_append argument list for a group.
+type groupArgs struct {
+	cGuard, cRequest, cEvent []int32
+	gStream                  []string
+	gExpected, gCount        []int64
+	rGuard                   []int32
+	rExpected, rBefore       []int64
+	eGuard                   []int32
+	eOffset                  []int64
+	eID                      []uuid.UUID
+	eType                    []string
+	eData, eMeta             [][]byte
+
+	// per call: its guards' streams in the order of the function's starts,
+	// and for each request the guard it uses and its last event's offset
+	guards [][]string
+	final  [][]finalAt
+}
+
+type finalAt struct {
+	guard  int   // index into the call's guards
+	offset int64 // the request's last event's offset on that stream
+}
+
+func buildGroupArgs(group []*call) *groupArgs {
+	a := &groupArgs{}
+	for _, c := range group {
+		plans := planStreams(c.reqs)
+		guardOf := make(map[string]int, len(plans))
+		names := make([]string, len(plans))
+		base := int32(len(a.gStream)) // guards before this call
+		for i, p := range plans {
+			guardOf[p.stream] = i
+			names[i] = p.stream
+			a.gStream = append(a.gStream, p.stream)
+			a.gExpected = append(a.gExpected, p.expected)
+			a.gCount = append(a.gCount, p.events)
+		}
+		used := make([]int64, len(plans)) // events placed on each stream so far
+		finals := make([]finalAt, len(c.reqs))
+		for ri, r := range c.reqs {
+			g := guardOf[r.Stream]
+			a.rGuard = append(a.rGuard, base+int32(g)+1)
+			a.rExpected = append(a.rExpected, r.Expected)
+			a.rBefore = append(a.rBefore, used[g])
+			for _, e := range r.Events {
+				used[g]++
+				a.eGuard = append(a.eGuard, base+int32(g)+1)
+				a.eOffset = append(a.eOffset, used[g])
+				a.eID = append(a.eID, e.ID)
+				a.eType = append(a.eType, e.Type)
+				a.eData = append(a.eData, bytesOf(e.Data))
+				a.eMeta = append(a.eMeta, bytesOf(e.Metadata))
+			}
+			finals[ri] = finalAt{guard: g, offset: used[g]}
+		}
+		a.cGuard = append(a.cGuard, int32(len(a.gStream)))
+		a.cRequest = append(a.cRequest, int32(len(a.rGuard)))
+		a.cEvent = append(a.cEvent, int32(len(a.eID)))
+		a.guards = append(a.guards, names)
+		a.final = append(a.final, finals)
+	}
+	return a
+}
+
+const appendGroup = `SELECT status, detail, tx, seq, starts FROM evident_append(
+	$1::int[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::int[], $8::bigint[], $9::bigint[],
+	$10::int[], $11::bigint[], $12::uuid[], $13::text[], $14::bytea[], $15::bytea[])`
+
+// writeGroup runs one evident_append for group and maps each call's row. The
+// error is for the statement as a whole; per-call outcomes are in results.
+func (s *Store) writeGroup(ctx context.Context, group []*call) ([]callResult, error) {
+	a := buildGroupArgs(group)
+	args := []any{a.cGuard, a.cRequest, a.cEvent, a.gStream, a.gExpected, a.gCount,
+		a.rGuard, a.rExpected, a.rBefore, a.eGuard, a.eOffset, a.eID, a.eType, a.eData, a.eMeta}
+
+	var (
+		rows []groupRow
+		err  error
+	)
+	if s.beforeCommit == nil {
+		// One statement outside a transaction block: PostgreSQL runs it in
+		// a transaction of its own and commits it before it answers.
+		rows, err = queryGroup(ctx, s.pool, args)
+	} else {
+		rows, err = s.writeGroupHooked(ctx, args)
+	}
+	if err != nil {
+		return nil, wrap(ctx, "append", err)
+	}
+	if len(rows) != len(group) {
+		return nil, fmt.Errorf("postgres eventstore: append: %d results for %d appends", len(rows), len(group))
+	}
+	out := make([]callResult, len(group))
+	for i, row := range rows {
+		out[i] = row.result(a.guards[i], a.final[i])
+	}
+	return out, nil
+}
+
+// writeGroupHooked is writeGroup in an explicit transaction, with the test
+// hook between the statement and COMMIT.
+func (s *Store) writeGroupHooked(ctx context.Context, args []any) ([]groupRow, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	rows, err := queryGroup(ctx, tx, args)
+	if err != nil {
+		return nil, err
+	}
+	s.beforeCommit(ctx)
+	return rows, tx.Commit(ctx)
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+type groupRow struct {
+	status  int32
+	detail  *string
+	tx, seq *int64
+	starts  []int64
+}
+
+func queryGroup(ctx context.Context, q querier, args []any) ([]groupRow, error) {
+	rows, err := q.Query(ctx, appendGroup, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (groupRow, error) {
+		var g groupRow
+		err := row.Scan(&g.status, &g.detail, &g.tx, &g.seq, &g.starts)
+		return g, err
+	})
+}
+
+func (g groupRow) result(guards []string, finals []finalAt) callResult {
+	detail := ""
+	if g.detail != nil {
+		detail = *g.detail
+	}
+	switch g.status {
+	case 0:
+		if g.tx == nil || g.seq == nil || len(g.starts) != len(guards) {
+			return callResult{err: errors.New("postgres eventstore: append: malformed result")}
+		}
+		res := eventstore.AppendResult{
+			Position: eventstore.Position{Commit: uint64(*g.tx), Prepare: uint64(*g.seq)},
+			Versions: make([]int64, len(finals)),
+		}
+		for i, f := range finals {
+			res.Versions[i] = g.starts[f.guard] + f.offset
+		}
+		return callResult{res: res}
+	case 1:
+		return callResult{err: fmt.Errorf("postgres eventstore: %s: %w", detail, eventstore.ErrWrongVersion)}
+	default:
+		return callResult{err: fmt.Errorf("postgres eventstore: %s: %w", detail, errIDTaken)}
+	}
+}

@@ -1,0 +1,208 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"evident/eventstore"
+)
+
+func newCall(ctx context.Context, reqs ...eventstore.AppendRequest) *call {
+	return &call{ctx: ctx, reqs: reqs, size: payload(reqs), reply: make(chan callResult, 1)}
+}
+
+func one(stream string, expected int64, evs ...eventstore.EventData) eventstore.AppendRequest {
+	if len(evs) == 0 {
+		evs = []eventstore.EventData{event()}
+	}
+	return eventstore.AppendRequest{Stream: stream, Expected: expected, Events: evs}
+}
+
+// One statement carries several appends; each succeeds or fails on its own.
+func TestGroupFailsEachAppendAlone(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	ctx := t.Context()
+	first := event()
+	earlier, err := s.Append(ctx, one("retried", eventstore.NoStream, first))
+	require.NoError(t, err)
+	_, err = s.Append(ctx, one("taken", eventstore.NoStream))
+	require.NoError(t, err)
+
+	pair := []eventstore.EventData{event(), event()}
+	calls := []*call{
+		newCall(ctx, one("fresh", eventstore.NoStream)),
+		newCall(ctx, one("taken", eventstore.NoStream)),                      // wrong version
+		newCall(ctx, one("retried", eventstore.Any, first)),                  // the id is in the log
+		newCall(ctx, one("fresh", eventstore.NoStream)),                      // the first call created it
+		newCall(ctx, one("fresh", 0, pair...), one("other", eventstore.Any)), // sees the first call's version
+		newCall(ctx, one("taken", 0), one("taken", 2)),                       // its second request is off by one
+	}
+	s.runGroup(calls)
+	got := make([]callResult, len(calls))
+	for i, c := range calls {
+		got[i] = <-c.reply
+	}
+
+	require.NoError(t, got[0].err)
+	assert.Equal(t, []int64{0}, got[0].res.Versions)
+	assert.ErrorIs(t, got[1].err, eventstore.ErrWrongVersion)
+	assert.ErrorIs(t, got[2].err, errIDTaken)
+	assert.ErrorIs(t, got[3].err, eventstore.ErrWrongVersion)
+	require.NoError(t, got[4].err)
+	assert.Equal(t, []int64{2, 0}, got[4].res.Versions)
+	assert.ErrorIs(t, got[5].err, eventstore.ErrWrongVersion)
+	assert.Contains(t, got[5].err.Error(), "expected version 2, the stream is at 1")
+
+	// Nothing of the failed calls was written; the others were, in one
+	// transaction, in call order.
+	for stream, want := range map[string]int{"fresh": 3, "other": 1, "taken": 1, "retried": 1} {
+		evs, err := s.ReadStream(ctx, stream, 0)
+		require.NoError(t, err)
+		assert.Len(t, evs, want, stream)
+	}
+	assert.Equal(t, got[0].res.Position.Commit, got[4].res.Position.Commit, "one transaction")
+	assert.True(t, got[0].res.Position.Less(got[4].res.Position))
+	assert.True(t, earlier.Position.Less(got[0].res.Position))
+
+	// Through Append, the reused id is recognised as a retry, whether the
+	// version guard or the id gave it away.
+	for _, expected := range []int64{eventstore.NoStream, eventstore.Any} {
+		again, err := s.Append(ctx, one("retried", expected, first))
+		require.NoError(t, err)
+		assert.Equal(t, earlier, again)
+	}
+}
+
+// When the statement fails as a whole, every append of the group is tried
+// again alone: the one at fault fails, its neighbours are written.
+func TestGroupStatementFailureRetriesEachAlone(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	ctx := t.Context()
+	bad := event()
+	bad.Type = "" // Append refuses it; sent anyway, it breaks the whole statement
+	calls := []*call{
+		newCall(ctx, one("before", eventstore.NoStream)),
+		newCall(ctx, one("bad", eventstore.NoStream, bad)),
+		newCall(ctx, one("after", eventstore.NoStream)),
+	}
+	s.runGroup(calls)
+	require.NoError(t, (<-calls[0].reply).err)
+	assert.Error(t, (<-calls[1].reply).err)
+	require.NoError(t, (<-calls[2].reply).err)
+	for stream, want := range map[string]int{"before": 1, "bad": 0, "after": 1} {
+		evs, err := s.ReadStream(ctx, stream, 0)
+		require.NoError(t, err)
+		assert.Len(t, evs, want, stream)
+	}
+}
+
+// Concurrent appends share statements, and optimistic concurrency holds:
+// writers racing on a few streams with the versions they believe leave
+// every stream with versions 0…n exactly once, and every success reported
+// is in the log at the version reported.
+func TestConcurrentAppendsAreGrouped(t *testing.T) {
+	t.Parallel()
+	const writers, appends, streams = 32, 40, 8
+	s := internalStore(t, writers+4)
+	ctx := t.Context()
+
+	type success struct {
+		stream  string
+		version int64
+		id      uuid.UUID
+	}
+	var (
+		mu        sync.Mutex
+		successes []success
+		conflicts int
+		wg        sync.WaitGroup
+	)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range appends {
+				stream := fmt.Sprintf("s%d", (w+i)%streams)
+				evs, err := s.ReadStream(ctx, stream, 0)
+				if !assert.NoError(t, err) {
+					return
+				}
+				ev := event()
+				res, err := s.Append(ctx, one(stream, int64(len(evs))-1, ev))
+				mu.Lock()
+				switch {
+				case err == nil:
+					successes = append(successes, success{stream, res.Versions[0], ev.ID})
+				case errors.Is(err, eventstore.ErrWrongVersion):
+					conflicts++
+				default:
+					t.Error(err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+
+	byID := map[uuid.UUID]eventstore.RecordedEvent{}
+	for i := range streams {
+		evs, err := s.ReadStream(ctx, fmt.Sprintf("s%d", i), 0)
+		require.NoError(t, err)
+		for v, e := range evs {
+			require.Equal(t, int64(v), e.Version, "versions 0…n, each once")
+			byID[e.ID] = e
+		}
+	}
+	require.Len(t, byID, len(successes), "every success is in the log, nothing else is")
+	for _, ok := range successes {
+		e := byID[ok.id]
+		assert.Equal(t, ok.stream, e.Stream)
+		assert.Equal(t, ok.version, e.Version)
+	}
+	groups, grouped := s.groups.Load(), s.grouped.Load()
+	t.Logf("%d appends (%d conflicts) in %d statements", grouped, conflicts, groups)
+	assert.Equal(t, int64(writers*appends), grouped)
+	assert.Less(t, groups, grouped, "concurrent appends shared statements")
+}
+
+// A caller that gives up while its append is still queued withdraws it:
+// nothing is written.
+func TestWithdrawnWhileQueued(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	s.qmu.Lock()
+	s.committers = maxCommitters // no committer will start: the call stays queued
+	s.qmu.Unlock()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Append(ctx, one("withdrawn", eventstore.NoStream))
+		done <- err
+	}()
+	require.Eventually(t, func() bool {
+		s.qmu.Lock()
+		defer s.qmu.Unlock()
+		return len(s.queue) == 1
+	}, 5*time.Second, time.Millisecond)
+	cancel()
+	err := <-done
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Contains(t, err.Error(), "nothing written")
+
+	s.qmu.Lock()
+	assert.Empty(t, s.queue)
+	s.committers = 0
+	s.qmu.Unlock()
+	evs, err := s.ReadStream(t.Context(), "withdrawn", 0)
+	require.NoError(t, err)
+	assert.Empty(t, evs)
+}
