@@ -161,10 +161,26 @@ func (s *stores) openPostgres(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// defaultPoolConns is the size of a PostgreSQL pool whose URL does not set
+// pool_max_conns.
+const defaultPoolConns = 16
+
 // pool connects to PostgreSQL and checks the server answers, so a wrong URL
 // fails start-up with a clear message instead of the first request.
+//
+// Unless the URL sets pool_max_conns, the pool holds up to defaultPoolConns
+// connections: pgx's own default (four here) is shared with the listeners,
+// the notifier and the lease connection, which leaves HTTP commands and
+// projections queueing for two.
 func pool(ctx context.Context, raw string) (*pgxpool.Pool, error) {
-	p, err := pgxpool.New(ctx, raw)
+	cfg, err := pgxpool.ParseConfig(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", redactURL(raw), err)
+	}
+	if !strings.Contains(raw, "pool_max_conns") {
+		cfg.MaxConns = defaultPoolConns
+	}
+	p, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", redactURL(raw), err)
 	}
