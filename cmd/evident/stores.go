@@ -169,9 +169,9 @@ const defaultPoolConns = 16
 // fails start-up with a clear message instead of the first request.
 //
 // Unless the URL sets pool_max_conns, the pool holds up to defaultPoolConns
-// connections: pgx's own default (four here) is shared with the listeners,
-// the notifier and the lease connection, which leaves HTTP commands and
-// projections queueing for two.
+// connections: pgx's own default (max(4, cores)) is shared by HTTP
+// commands, every projection and workflow, and the lease connection, which
+// holds one for good.
 func pool(ctx context.Context, raw string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(raw)
 	if err != nil {
