@@ -280,6 +280,20 @@ func scenarioReplay(ctx context.Context, p profile, w where, backend string, log
 	quarter = len(head)
 	head = nil
 
+	// goes replays the same log on PostgreSQL (it has no SQLite backend).
+	var goes *goesReplay
+	if a.pool != nil {
+		t := time.Now()
+		g, n, err := openGoesReplay(ctx, w, a.events)
+		if err != nil {
+			logf("  %s: goes: %v", section, err)
+		} else {
+			goes = g
+			defer goes.Close()
+			logf("  %s: copied %d events into goes in %s", section, n, time.Since(t).Round(time.Millisecond))
+		}
+	}
+
 	var full, part []memStats
 	lastFull := false
 	cs := []contender{
@@ -297,6 +311,9 @@ func scenarioReplay(ctx context.Context, p profile, w where, backend string, log
 			return m
 		}},
 	}
+	if goes != nil {
+		cs = append(cs, contender{"goes", rolePeer, goes.replay})
+	}
 	res := interleave(ctx, section, p.rounds, cs, logf)
 	// The last rebuild must be of the whole log, for the queries below.
 	if !lastFull {
@@ -312,6 +329,11 @@ func scenarioReplay(ctx context.Context, p profile, w where, backend string, log
 		Unit: "events/s", Evident: res["evident"], Raw: res["raw ordered read"], RawName: "raw ordered read",
 		Target: target{Text: "≥ 0.6× raw ordered read", MinRaw: 0.6},
 	}}
+	if goes != nil {
+		rows[0].Peer, rows[0].PeerName = res["goes"], "goes replay"
+		rows[0].Target = target{Text: "≥ 0.6× raw ordered read, ≥ 1.5× goes' replay", MinRaw: 0.6, MinPeer: 1.5}
+		rows[0].Notes = append(rows[0].Notes, "goes replay: every event read back through its event.Store.Query in time order and decoded by its codec, counted in memory; nothing written (goes has no read-model writer), so a lower bound of a goes rebuild")
+	}
 	allocs := func(ms []memStats) []measure {
 		var out []measure
 		for _, m := range ms {
