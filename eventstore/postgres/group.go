@@ -139,6 +139,7 @@ func (s *Store) runGroup(group []*call) {
 	}
 	// The whole statement failed: nothing of the group was written. Retry
 	// each call alone, so that whatever failed fails only its own append.
+	s.fallbacks.Add(1)
 	for _, c := range group {
 		if c.ctx.Err() != nil {
 			c.reply <- callResult{err: fmt.Errorf("postgres eventstore: append: its group failed (%v), and the caller gave up: %w", err, c.ctx.Err())}

@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"evident/eventstore"
+	"evident/internal/pgtest"
 )
 
 func newCall(ctx context.Context, reqs ...eventstore.AppendRequest) *call {
@@ -205,4 +207,46 @@ func TestWithdrawnWhileQueued(t *testing.T) {
 	evs, err := s.ReadStream(t.Context(), "withdrawn", 0)
 	require.NoError(t, err)
 	assert.Empty(t, evs)
+}
+
+// Two processes' groups naming the same streams in opposite call order do
+// not deadlock: a group locks its existing streams in name order first.
+// Two other transactions hold a stream between each group's two calls, so
+// that without that both groups would hold their first stream while waiting
+// for the other's.
+func TestOppositeGroupsDoNotDeadlock(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	a, b := storeAt(t, url, 4), storeAt(t, url, 4)
+	ctx := t.Context()
+	for _, stream := range []string{"w1", "w2", "x", "y"} {
+		_, err := a.Append(ctx, one(stream, eventstore.NoStream))
+		require.NoError(t, err)
+	}
+	hold := func(stream string) pgx.Tx {
+		tx, err := a.pool.Begin(ctx)
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, `SELECT 1 FROM streams WHERE stream = $1 FOR UPDATE`, stream)
+		require.NoError(t, err)
+		return tx
+	}
+	h1, h2 := hold("w1"), hold("w2")
+	ga := []*call{newCall(ctx, one("x", eventstore.Any)), newCall(ctx, one("w1", eventstore.Any)), newCall(ctx, one("y", eventstore.Any))}
+	gb := []*call{newCall(ctx, one("y", eventstore.Any)), newCall(ctx, one("w2", eventstore.Any)), newCall(ctx, one("x", eventstore.Any))}
+	var wg sync.WaitGroup
+	wg.Go(func() { a.runGroup(ga) })
+	wg.Go(func() { b.runGroup(gb) })
+	time.Sleep(200 * time.Millisecond) // both groups are waiting on w1 and w2
+	require.NoError(t, h1.Commit(ctx))
+	require.NoError(t, h2.Commit(ctx))
+	wg.Wait()
+	for _, c := range append(ga, gb...) {
+		require.NoError(t, (<-c.reply).err)
+	}
+	assert.Zero(t, a.fallbacks.Load()+b.fallbacks.Load(), "no group failed as a whole (deadlock)")
+	for _, stream := range []string{"x", "y"} {
+		evs, err := a.ReadStream(ctx, stream, 0)
+		require.NoError(t, err)
+		assert.Len(t, evs, 3)
+	}
 }

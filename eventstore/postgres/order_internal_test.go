@@ -27,7 +27,14 @@ const (
 
 func internalStore(t testing.TB, maxConns int32) *Store {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
+	return storeAt(t, pgtest.URL(t), maxConns)
+}
+
+// storeAt opens a Store with a pool of its own on url's schema, as another
+// process would.
+func storeAt(t testing.TB, url string, maxConns int32) *Store {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
 	require.NoError(t, err)
 	cfg.MaxConns = maxConns
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)

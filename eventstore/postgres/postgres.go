@@ -142,6 +142,7 @@ type Store struct {
 	notifierDone chan struct{}
 	groups       atomic.Int64 // statements sent, for tests
 	grouped      atomic.Int64 // appends they carried
+	fallbacks    atomic.Int64 // groups whose statement failed as a whole
 }
 
 var _ eventstore.Store = (*Store)(nil)

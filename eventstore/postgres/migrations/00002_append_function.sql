@@ -45,6 +45,14 @@ DECLARE
     i      int;
     cname  text;
 BEGIN
+    -- Each call locks its streams in name order, but a group of calls would
+    -- lock them call after call: two groups naming the same two streams in
+    -- opposite calls could deadlock. Lock the group's existing streams first,
+    -- in name order, as every writer does.
+    IF array_length(c_guard, 1) > 1 THEN
+        PERFORM 1 FROM streams AS s WHERE s.stream = ANY (g_stream) ORDER BY s.stream FOR UPDATE;
+    END IF;
+
     FOR c IN 1 .. coalesce(array_length(c_guard, 1), 0) LOOP
         status := 0; detail := NULL; tx := NULL; seq := NULL; starts := NULL;
         BEGIN
