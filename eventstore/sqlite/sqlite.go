@@ -10,6 +10,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -54,14 +55,87 @@ var migrations embed.FS
 // can take the next one. Positions therefore become visible in order; once a
 // reader sees position N, no event with a lower position can appear later,
 // and "position > after" never skips a commit.
+//
+// Appends are committed in groups (see Append): a commit is one fsync
+// (synchronous=FULL), and concurrent appends share it.
 type Store struct {
-	db *sqlitedb.DB
+	db    *sqlitedb.DB
+	stmts statements
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced after every commit
+
+	qmu     sync.Mutex
+	queue   []*pending     // appends waiting for a group, in arrival order
+	running bool           // a committer goroutine is draining queue
+	closed  bool           // Close was called: Append refuses new work
+	drained sync.WaitGroup // the committer goroutine, while it runs
+
+	commits atomic.Uint64 // committed append transactions, for tests
 }
 
 var _ eventstore.Store = (*Store)(nil)
+
+// Limits of one group of appends committed together. A group is never
+// larger than one maximal Append, so it holds the write lock no longer than
+// a single append could; one Append always fits.
+const maxGroupCalls = 128
+
+// statements are the append's statements, prepared once on the write pool:
+// modernc.org/sqlite would otherwise parse each one on every append.
+// database/sql prepares them on the write connection the first time a
+// transaction uses them there, and reuses them after.
+type statements struct {
+	insert, lookup, version, savepoint, release, rollbackTo *sql.Stmt
+}
+
+func prepare(ctx context.Context, db *sql.DB) (st statements, err error) {
+	for _, p := range []struct {
+		dst **sql.Stmt
+		sql string
+	}{
+		{&st.insert, `INSERT INTO events
+		(event_id, stream, version, type, data, metadata, recorded_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`},
+		{&st.lookup, `SELECT stream, version, position FROM events WHERE event_id = $1`},
+		{&st.version, `SELECT MAX(version) FROM events WHERE stream = $1`},
+		{&st.savepoint, `SAVEPOINT append_request`},
+		{&st.release, `RELEASE append_request`},
+		{&st.rollbackTo, `ROLLBACK TO append_request`},
+	} {
+		if *p.dst, err = db.PrepareContext(ctx, p.sql); err != nil {
+			return st, errors.Join(wrap(ctx, "prepare append", err), st.close())
+		}
+	}
+	return st, nil
+}
+
+func (st statements) close() error {
+	var errs []error
+	for _, s := range []*sql.Stmt{st.insert, st.lookup, st.version, st.savepoint, st.release, st.rollbackTo} {
+		if s != nil {
+			errs = append(errs, s.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// txStatements are the prepared statements bound to one transaction.
+type txStatements struct {
+	ctx context.Context
+	tx  *sql.Tx
+	// bound lazily: a group of one needs no savepoint statements
+	insert, lookup, version, savepoint, release, rollbackTo *sql.Stmt
+}
+
+func (t *txStatements) get(dst **sql.Stmt, src *sql.Stmt) *sql.Stmt {
+	if *dst == nil {
+		// Closed with the transaction; the statement prepared on the
+		// connection stays for the next one.
+		*dst = t.tx.StmtContext(t.ctx, src)
+	}
+	return *dst
+}
 
 // New returns a Store on db, creating or migrating the events table first.
 // The Store does not own db: Close leaves it open for the caller to close.
@@ -69,10 +143,15 @@ func New(db *sqlitedb.DB) (*Store, error) {
 	if db == nil || db.Write == nil || db.Read == nil {
 		return nil, errors.New("sqlite eventstore: nil database")
 	}
-	if err := migrate(context.Background(), db); err != nil {
+	ctx := context.Background()
+	if err := migrate(ctx, db); err != nil {
 		return nil, err
 	}
-	return &Store{db: db, changed: make(chan struct{})}, nil
+	st, err := prepare(ctx, db.Write)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db, stmts: st, changed: make(chan struct{})}, nil
 }
 
 func migrate(ctx context.Context, db *sqlitedb.DB) error {
@@ -97,11 +176,18 @@ func migrate(ctx context.Context, db *sqlitedb.DB) error {
 	return nil
 }
 
-// Close wakes every Wait in progress. It does not close the *sqlitedb.DB
-// given to New: the caller opened it, shares it, and closes it.
+// Close waits for every append already queued to get its outcome, refuses
+// later ones (eventstore.ErrUnavailable), releases the prepared statements
+// and wakes every Wait in progress. It does not close the *sqlitedb.DB given
+// to New: the caller opened it, shares it, and closes it.
 func (s *Store) Close() error {
+	s.qmu.Lock()
+	s.closed = true
+	s.qmu.Unlock()
+	s.drained.Wait()
+	err := s.stmts.close()
 	s.notify()
-	return nil
+	return err
 }
 
 // Count returns the number of events in the log.
@@ -113,42 +199,257 @@ func (s *Store) Count(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
+// pending is one Append call waiting for, or inside, a group.
+type pending struct {
+	reqs          []eventstore.AppendRequest
+	events, bytes int
+	state         atomic.Int32
+	done          chan outcome // buffered: the committer never blocks on it
+}
+
+// States of a pending append. Exactly one of the caller (queued → cancelled)
+// and the committer (queued → claimed) moves it out of queued.
+const (
+	queued int32 = iota
+	claimed
+	cancelled
+)
+
+type outcome struct {
+	res eventstore.AppendResult
+	err error
+}
+
 // Append writes every request in one transaction, all or nothing.
+//
+// Concurrent appends are committed together: Append queues the call, and one
+// committer takes everything queued (up to maxGroupCalls, and no more events
+// or bytes than one maximal Append) into one IMMEDIATE transaction with one
+// COMMIT, so the group shares one fsync. Each call runs inside its own
+// SAVEPOINT and in arrival order, so a call sees the writes of the calls
+// before it, and a call that fails is rolled back alone while the others of
+// its group commit. Nothing waits for a group to fill: a lone writer commits
+// at once. If the group's transaction fails as a whole, every call in it is
+// retried in a transaction of its own, so one call cannot fail another.
+//
+// When ctx ends while the call is still queued, it is dropped and ctx's error
+// returned: nothing is written. Once the call's transaction has begun,
+// Append returns its true outcome whatever ctx does, so an error never hides
+// a write.
 //
 // Errors: eventstore.ErrInvalid for an empty request, stream name or type, a
 // nil or repeated event id, or an expected version below eventstore.Any;
 // eventstore.ErrTooLarge past MaxAppendEvents or MaxAppendBytes;
 // eventstore.ErrWrongVersion when any stream is not at its expected version;
 // eventstore.ErrUnavailable when the file stays locked by another process
-// past the busy timeout. When the first event id is already in the log the
-// append is a retry: nothing is written and the earlier result is returned,
-// or ErrInvalid if the rest of the request does not match what was written.
+// past the busy timeout, or after Close. When the first event id is already
+// in the log the append is a retry: nothing is written and the earlier
+// result is returned, or ErrInvalid if the rest of the request does not
+// match what was written.
 func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error) {
 	if err := eventstore.CheckAppend(reqs, MaxAppendEvents, MaxAppendBytes); err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("sqlite eventstore: %w", err)
 	}
+	if err := ctx.Err(); err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("sqlite eventstore: append: %w", err)
+	}
+	p := &pending{reqs: reqs, done: make(chan outcome, 1)}
+	for _, r := range reqs {
+		p.events += len(r.Events)
+		for _, e := range r.Events {
+			p.bytes += len(e.Data) + len(e.Metadata)
+		}
+	}
 
+	s.qmu.Lock()
+	if s.closed {
+		s.qmu.Unlock()
+		return eventstore.AppendResult{}, fmt.Errorf("sqlite eventstore: append: store closed: %w", eventstore.ErrUnavailable)
+	}
+	s.queue = append(s.queue, p)
+	if !s.running {
+		s.running = true
+		s.drained.Add(1)
+		go s.commitLoop()
+	}
+	s.qmu.Unlock()
+
+	select {
+	case o := <-p.done:
+		return o.res, o.err
+	case <-ctx.Done():
+		if p.state.CompareAndSwap(queued, cancelled) {
+			return eventstore.AppendResult{}, fmt.Errorf("sqlite eventstore: append: %w", ctx.Err())
+		}
+		// Its transaction has begun: wait for what really happened.
+		o := <-p.done
+		return o.res, o.err
+	}
+}
+
+// commitLoop commits groups until the queue is empty, then ends: no
+// goroutine and no write connection is held while nobody appends.
+func (s *Store) commitLoop() {
+	defer s.drained.Done()
+	for {
+		s.qmu.Lock()
+		if len(s.queue) == 0 {
+			s.running = false
+			s.qmu.Unlock()
+			return
+		}
+		s.qmu.Unlock()
+		s.commitGroup()
+	}
+}
+
+// commitGroup begins a transaction, then claims the group from the queue:
+// what queued while it waited for the write connection joins it.
+func (s *Store) commitGroup() {
+	// The group's work must not end with one caller's context.
+	ctx := context.Background()
+	tx, err := s.db.Write.BeginTx(ctx, nil)
+	group := s.claimGroup()
+	if err != nil {
+		err = wrap(ctx, "begin append", err)
+		for _, p := range group {
+			p.done <- outcome{err: err}
+		}
+		return
+	}
+	if len(group) == 0 { // every one of them was cancelled
+		_ = tx.Rollback()
+		return
+	}
+	out, committed, err := s.runGroup(ctx, tx, group)
+	switch {
+	case err == nil:
+		s.deliver(group, out, committed)
+	case len(group) == 1:
+		group[0].done <- outcome{err: err}
+	default:
+		for _, p := range group {
+			s.commitAlone(ctx, p)
+		}
+	}
+}
+
+// commitAlone runs one claimed append in its own transaction, after its
+// group's transaction failed as a whole.
+func (s *Store) commitAlone(ctx context.Context, p *pending) {
 	tx, err := s.db.Write.BeginTx(ctx, nil)
 	if err != nil {
-		return eventstore.AppendResult{}, wrap(ctx, "begin append", err)
+		p.done <- outcome{err: wrap(ctx, "begin append", err)}
+		return
 	}
-	// A no-op after Commit.
-	defer func() { _ = tx.Rollback() }()
+	group := []*pending{p}
+	out, committed, err := s.runGroup(ctx, tx, group)
+	if err != nil {
+		p.done <- outcome{err: err}
+		return
+	}
+	s.deliver(group, out, committed)
+}
 
+// claimGroup takes the next group off the queue, dropping the cancelled.
+func (s *Store) claimGroup() []*pending {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	var (
+		group         []*pending
+		n             int
+		events, bytes int
+	)
+	for ; n < len(s.queue) && len(group) < maxGroupCalls; n++ {
+		p := s.queue[n]
+		if len(group) > 0 && (events+p.events > MaxAppendEvents || bytes+p.bytes > MaxAppendBytes) {
+			break
+		}
+		if !p.state.CompareAndSwap(queued, claimed) {
+			continue // its caller has gone
+		}
+		group = append(group, p)
+		events += p.events
+		bytes += p.bytes
+	}
+	rest := copy(s.queue, s.queue[n:])
+	clear(s.queue[rest:])
+	s.queue = s.queue[:rest]
+	return group
+}
+
+// deliver wakes the readers once for a committed group, then answers every
+// caller: a caller that sees its result can read its events.
+func (s *Store) deliver(group []*pending, out []outcome, committed bool) {
+	if committed {
+		s.notify()
+	}
+	for i, p := range group {
+		p.done <- out[i]
+	}
+}
+
+// runGroup runs each append of group in tx, in order, and commits. It
+// returns every append's outcome, or an error when nothing was committed
+// because the transaction failed as a whole (a driver error, not an
+// append's own fault). It always ends tx.
+func (s *Store) runGroup(ctx context.Context, tx *sql.Tx, group []*pending) (out []outcome, committed bool, err error) {
+	defer func() { _ = tx.Rollback() }() // a no-op after Commit
+	st := &txStatements{ctx: ctx, tx: tx}
+	// A lone append needs no savepoint: its own fault rolls back the
+	// transaction.
+	alone := len(group) == 1
+	out = make([]outcome, len(group))
+	for i, p := range group {
+		if !alone {
+			if _, err := st.get(&st.savepoint, s.stmts.savepoint).ExecContext(ctx); err != nil {
+				return nil, false, wrap(ctx, "append: savepoint", err)
+			}
+		}
+		res, err := s.appendIn(ctx, st, p.reqs)
+		if err != nil && !ownFault(err) {
+			return nil, false, err
+		}
+		out[i] = outcome{res: res, err: err}
+		switch {
+		case alone && err != nil:
+			return out, false, nil // rolled back by the deferred Rollback
+		case alone:
+		case err != nil:
+			if _, err := st.get(&st.rollbackTo, s.stmts.rollbackTo).ExecContext(ctx); err != nil {
+				return nil, false, wrap(ctx, "append: roll back to savepoint", err)
+			}
+			fallthrough
+		default:
+			if _, err := st.get(&st.release, s.stmts.release).ExecContext(ctx); err != nil {
+				return nil, false, wrap(ctx, "append: release savepoint", err)
+			}
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, false, wrap(ctx, "commit append", err)
+	}
+	s.commits.Add(1)
+	return out, true, nil
+}
+
+// ownFault reports whether err is an append's own fault, which a savepoint
+// undoes without harm to the transaction. Any other error may have ended
+// the whole transaction (SQLite rolls back on some I/O errors), so the group
+// must not go on in it.
+func ownFault(err error) bool {
+	return errors.Is(err, eventstore.ErrWrongVersion) || errors.Is(err, eventstore.ErrInvalid)
+}
+
+// appendIn writes one Append call's requests in the current transaction.
+func (s *Store) appendIn(ctx context.Context, st *txStatements, reqs []eventstore.AppendRequest) (eventstore.AppendResult, error) {
 	// The retry check runs inside the write transaction, so a retry racing
 	// its own first attempt sees either all of it or none of it.
-	if res, found, err := earlierResult(ctx, tx, reqs); err != nil || found {
+	if res, found, err := earlierResult(ctx, st.get(&st.lookup, s.stmts.lookup), reqs); err != nil || found {
 		return res, err
 	}
 
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO events
-		(event_id, stream, version, type, data, metadata, recorded_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`)
-	if err != nil {
-		return eventstore.AppendResult{}, wrap(ctx, "prepare append", err)
-	}
-	defer ins.Close()
-
+	ins := st.get(&st.insert, s.stmts.insert)
 	recordedAt := time.Now().UTC().Format(recordedAtLayout)
 	res := eventstore.AppendResult{Versions: make([]int64, len(reqs))}
 	// Several requests may name one stream; each sees the ones before it.
@@ -157,7 +458,8 @@ func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (e
 	for i, r := range reqs {
 		v, ok := current[r.Stream]
 		if !ok {
-			if v, err = streamVersion(ctx, tx, r.Stream); err != nil {
+			var err error
+			if v, err = streamVersion(ctx, st.get(&st.version, s.stmts.version), r.Stream); err != nil {
 				return eventstore.AppendResult{}, err
 			}
 		}
@@ -179,10 +481,6 @@ func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (e
 		current[r.Stream] = v
 		res.Versions[i] = v
 	}
-	if err := tx.Commit(); err != nil {
-		return eventstore.AppendResult{}, wrap(ctx, "commit append", err)
-	}
-	s.notify()
 	res.Position = eventstore.At(uint64(last))
 	return res, nil
 }
@@ -192,13 +490,7 @@ func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (e
 // record of where one append ended, so a request counts as a retry when every
 // one of its events is in the log, in its stream, at consecutive versions;
 // anything else that reuses the first id is ErrInvalid.
-func earlierResult(ctx context.Context, tx *sql.Tx, reqs []eventstore.AppendRequest) (res eventstore.AppendResult, found bool, err error) {
-	q, err := tx.PrepareContext(ctx, `SELECT stream, version, position FROM events WHERE event_id = $1`)
-	if err != nil {
-		return res, false, wrap(ctx, "prepare retry check", err)
-	}
-	defer q.Close()
-
+func earlierResult(ctx context.Context, q *sql.Stmt, reqs []eventstore.AppendRequest) (res eventstore.AppendResult, found bool, err error) {
 	var (
 		stream        string
 		version, last int64
@@ -244,9 +536,9 @@ func earlierResult(ctx context.Context, tx *sql.Tx, reqs []eventstore.AppendRequ
 }
 
 // streamVersion is the version of the stream's last event, or NoStream.
-func streamVersion(ctx context.Context, tx *sql.Tx, stream string) (int64, error) {
+func streamVersion(ctx context.Context, q *sql.Stmt, stream string) (int64, error) {
 	var v sql.NullInt64
-	err := tx.QueryRowContext(ctx, `SELECT MAX(version) FROM events WHERE stream = $1`, stream).Scan(&v)
+	err := q.QueryRowContext(ctx, stream).Scan(&v)
 	if err != nil {
 		return 0, wrap(ctx, fmt.Sprintf("read version of %q", stream), err)
 	}
