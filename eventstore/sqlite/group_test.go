@@ -166,10 +166,20 @@ func TestRetryInsideGroup(t *testing.T) {
 		{Stream: "a", Expected: eventstore.NoStream, Events: []eventstore.EventData{ev("x"), ev("y")}},
 		{Stream: "b", Expected: eventstore.Any, Events: []eventstore.EventData{ev("z")}},
 	}
+	// Any passes the version check, so this retry is caught at its insert.
+	anyReq := eventstore.AppendRequest{Stream: "c", Expected: eventstore.Any, Events: []eventstore.EventData{ev("x"), ev("y")}}
 	firstC := appendAsync(t, ctx, s, 1, reqs...)
 	retryC := appendAsync(t, ctx, s, 2, reqs...)
+	anyC := appendAsync(t, ctx, s, 3, anyReq)
+	anyRetryC := appendAsync(t, ctx, s, 4, anyReq)
 	before := sqlite.Commits(s)
 	release()
+
+	anyFirst, anyRetry := result(t, anyC), result(t, anyRetryC)
+	require.NoError(t, anyFirst.err)
+	require.NoError(t, anyRetry.err)
+	assert.Equal(t, anyFirst.res, anyRetry.res)
+	assert.Equal(t, eventstore.AppendResult{Position: eventstore.At(5), Versions: []int64{1}}, anyFirst.res)
 
 	first, retry := result(t, firstC), result(t, retryC)
 	require.NoError(t, first.err)
@@ -179,7 +189,7 @@ func TestRetryInsideGroup(t *testing.T) {
 	assert.Equal(t, uint64(1), sqlite.Commits(s)-before)
 	n, err := s.Count(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, int64(3), n)
+	assert.Equal(t, int64(5), n)
 }
 
 // TestCancelledWhileQueuedWritesNothing: a caller whose context ends before

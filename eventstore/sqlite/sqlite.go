@@ -76,9 +76,10 @@ type Store struct {
 
 var _ eventstore.Store = (*Store)(nil)
 
-// Limits of one group of appends committed together. A group is never
-// larger than one maximal Append, so it holds the write lock no longer than
-// a single append could; one Append always fits.
+// maxGroupCalls is the most Append calls one group commits together. A
+// group also holds no more than MaxAppendEvents events and MaxAppendBytes
+// bytes (one call always fits), so it holds the write lock no longer than
+// one maximal Append would.
 const maxGroupCalls = 128
 
 // statements are the append's statements, prepared once on the write pool:
@@ -122,17 +123,16 @@ func (st statements) close() error {
 
 // txStatements are the prepared statements bound to one transaction.
 type txStatements struct {
-	ctx context.Context
-	tx  *sql.Tx
-	// bound lazily: a group of one needs no savepoint statements
+	tx *sql.Tx
+	// Bound when first used: most groups need no savepoint or retry lookup.
 	insert, lookup, version, savepoint, release, rollbackTo *sql.Stmt
 }
 
-func (t *txStatements) get(dst **sql.Stmt, src *sql.Stmt) *sql.Stmt {
+func (t *txStatements) get(ctx context.Context, dst **sql.Stmt, src *sql.Stmt) *sql.Stmt {
 	if *dst == nil {
 		// Closed with the transaction; the statement prepared on the
 		// connection stays for the next one.
-		*dst = t.tx.StmtContext(t.ctx, src)
+		*dst = t.tx.StmtContext(ctx, src)
 	}
 	return *dst
 }
@@ -225,12 +225,13 @@ type outcome struct {
 // Concurrent appends are committed together: Append queues the call, and one
 // committer takes everything queued (up to maxGroupCalls, and no more events
 // or bytes than one maximal Append) into one IMMEDIATE transaction with one
-// COMMIT, so the group shares one fsync. Each call runs inside its own
-// SAVEPOINT and in arrival order, so a call sees the writes of the calls
-// before it, and a call that fails is rolled back alone while the others of
-// its group commit. Nothing waits for a group to fill: a lone writer commits
-// at once. If the group's transaction fails as a whole, every call in it is
-// retried in a transaction of its own, so one call cannot fail another.
+// COMMIT, so the group shares one fsync. Calls run in arrival order, so a
+// call sees the writes of the calls before it, and a call that fails is
+// undone alone (a call of several events runs inside its own SAVEPOINT)
+// while the others of its group commit. Nothing waits for a group to fill:
+// a lone writer commits at once. If the group's transaction fails as a
+// whole, every call in it is retried in a transaction of its own, so one
+// call cannot fail another. Wait is woken once per committed group.
 //
 // When ctx ends while the call is still queued, it is dropped and ctx's error
 // returned: nothing is written. Once the call's transaction has begun,
@@ -395,14 +396,16 @@ func (s *Store) deliver(group []*pending, out []outcome, committed bool) {
 // append's own fault). It always ends tx.
 func (s *Store) runGroup(ctx context.Context, tx *sql.Tx, group []*pending) (out []outcome, committed bool, err error) {
 	defer func() { _ = tx.Rollback() }() // a no-op after Commit
-	st := &txStatements{ctx: ctx, tx: tx}
-	// A lone append needs no savepoint: its own fault rolls back the
-	// transaction.
+	st := &txStatements{tx: tx}
+	// A lone call needs no savepoint: its own fault rolls back the
+	// transaction. Nor does a call of one event: SQLite undoes a failed
+	// statement by itself, and the call writes nothing else.
 	alone := len(group) == 1
 	out = make([]outcome, len(group))
 	for i, p := range group {
-		if !alone {
-			if _, err := st.get(&st.savepoint, s.stmts.savepoint).ExecContext(ctx); err != nil {
+		savepoint := !alone && p.events > 1
+		if savepoint {
+			if _, err := st.get(ctx, &st.savepoint, s.stmts.savepoint).ExecContext(ctx); err != nil {
 				return nil, false, wrap(ctx, "append: savepoint", err)
 			}
 		}
@@ -414,14 +417,14 @@ func (s *Store) runGroup(ctx context.Context, tx *sql.Tx, group []*pending) (out
 		switch {
 		case alone && err != nil:
 			return out, false, nil // rolled back by the deferred Rollback
-		case alone:
+		case !savepoint:
 		case err != nil:
-			if _, err := st.get(&st.rollbackTo, s.stmts.rollbackTo).ExecContext(ctx); err != nil {
+			if _, err := st.get(ctx, &st.rollbackTo, s.stmts.rollbackTo).ExecContext(ctx); err != nil {
 				return nil, false, wrap(ctx, "append: roll back to savepoint", err)
 			}
 			fallthrough
 		default:
-			if _, err := st.get(&st.release, s.stmts.release).ExecContext(ctx); err != nil {
+			if _, err := st.get(ctx, &st.release, s.stmts.release).ExecContext(ctx); err != nil {
 				return nil, false, wrap(ctx, "append: release savepoint", err)
 			}
 		}
@@ -443,13 +446,24 @@ func ownFault(err error) bool {
 
 // appendIn writes one Append call's requests in the current transaction.
 func (s *Store) appendIn(ctx context.Context, st *txStatements, reqs []eventstore.AppendRequest) (eventstore.AppendResult, error) {
-	// The retry check runs inside the write transaction, so a retry racing
-	// its own first attempt sees either all of it or none of it.
-	if res, found, err := earlierResult(ctx, st.get(&st.lookup, s.stmts.lookup), reqs); err != nil || found {
-		return res, err
+	res, wrote, err := s.write(ctx, st, reqs)
+	// A retry always fails before its first insert, or at it: its first
+	// event id is in the log. So the retry check, which runs inside the
+	// write transaction (a retry racing its own first attempt sees either
+	// all of it or none of it), is only needed then, and an append that
+	// succeeds pays nothing for it.
+	if err != nil && !wrote && ownFault(err) {
+		if earlier, found, lerr := earlierResult(ctx, st.get(ctx, &st.lookup, s.stmts.lookup), reqs); lerr != nil || found {
+			return earlier, lerr
+		}
 	}
+	return res, err
+}
 
-	ins := st.get(&st.insert, s.stmts.insert)
+// write checks the expected versions and inserts the events. wrote tells
+// whether any event was inserted before an error.
+func (s *Store) write(ctx context.Context, st *txStatements, reqs []eventstore.AppendRequest) (_ eventstore.AppendResult, wrote bool, _ error) {
+	ins := st.get(ctx, &st.insert, s.stmts.insert)
 	recordedAt := time.Now().UTC().Format(recordedAtLayout)
 	res := eventstore.AppendResult{Versions: make([]int64, len(reqs))}
 	// Several requests may name one stream; each sees the ones before it.
@@ -459,12 +473,12 @@ func (s *Store) appendIn(ctx context.Context, st *txStatements, reqs []eventstor
 		v, ok := current[r.Stream]
 		if !ok {
 			var err error
-			if v, err = streamVersion(ctx, st.get(&st.version, s.stmts.version), r.Stream); err != nil {
-				return eventstore.AppendResult{}, err
+			if v, err = streamVersion(ctx, st.get(ctx, &st.version, s.stmts.version), r.Stream); err != nil {
+				return eventstore.AppendResult{}, wrote, err
 			}
 		}
 		if r.Expected != eventstore.Any && r.Expected != v {
-			return eventstore.AppendResult{}, fmt.Errorf("sqlite eventstore: append to %q: expected version %d, stream is at %d: %w",
+			return eventstore.AppendResult{}, wrote, fmt.Errorf("sqlite eventstore: append to %q: expected version %d, stream is at %d: %w",
 				r.Stream, r.Expected, v, eventstore.ErrWrongVersion)
 		}
 		for _, e := range r.Events {
@@ -472,17 +486,18 @@ func (s *Store) appendIn(ctx context.Context, st *txStatements, reqs []eventstor
 			out, err := ins.ExecContext(ctx, e.ID.String(), r.Stream, v, e.Type,
 				string(e.Data), string(e.Metadata), recordedAt)
 			if err != nil {
-				return eventstore.AppendResult{}, insertError(ctx, r.Stream, e.ID, err)
+				return eventstore.AppendResult{}, wrote, insertError(ctx, r.Stream, e.ID, err)
 			}
+			wrote = true
 			if last, err = out.LastInsertId(); err != nil {
-				return eventstore.AppendResult{}, wrap(ctx, "append: read position", err)
+				return eventstore.AppendResult{}, wrote, wrap(ctx, "append: read position", err)
 			}
 		}
 		current[r.Stream] = v
 		res.Versions[i] = v
 	}
 	res.Position = eventstore.At(uint64(last))
-	return res, nil
+	return res, wrote, nil
 }
 
 // earlierResult finds an append already written with the same event ids.
