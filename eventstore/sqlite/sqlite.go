@@ -304,32 +304,29 @@ func (s *Store) commitLoop() {
 	}
 }
 
-// commitGroup begins a transaction, then claims the group from the queue:
-// what queued while it waited for the write connection joins it.
+// commitGroup begins a transaction and runs a group in it: what queued
+// while it waited for the write connection, and what queues while the
+// group's statements run, until the queue is empty or the group is full.
 func (s *Store) commitGroup() {
 	// The group's work must not end with one caller's context.
 	ctx := context.Background()
 	tx, err := s.db.Write.BeginTx(ctx, nil)
-	group := s.claimGroup()
 	if err != nil {
 		err = wrap(ctx, "begin append", err)
-		for _, p := range group {
+		var g group
+		for _, p := range s.claim(&g) {
 			p.done <- outcome{err: err}
 		}
 		return
 	}
-	if len(group) == 0 { // every one of them was cancelled
-		_ = tx.Rollback()
-		return
-	}
-	out, committed, err := s.runGroup(ctx, tx, group)
+	g, wrote, err := s.runGroup(ctx, tx, nil)
 	switch {
 	case err == nil:
-		s.deliver(group, out, committed)
-	case len(group) == 1:
-		group[0].done <- outcome{err: err}
+		s.deliver(g, wrote)
+	case len(g.calls) == 1:
+		g.calls[0].done <- outcome{err: err}
 	default:
-		for _, p := range group {
+		for _, p := range g.calls {
 			s.commitAlone(ctx, p)
 		}
 	}
@@ -343,97 +340,113 @@ func (s *Store) commitAlone(ctx context.Context, p *pending) {
 		p.done <- outcome{err: wrap(ctx, "begin append", err)}
 		return
 	}
-	group := []*pending{p}
-	out, committed, err := s.runGroup(ctx, tx, group)
+	g, wrote, err := s.runGroup(ctx, tx, p)
 	if err != nil {
 		p.done <- outcome{err: err}
 		return
 	}
-	s.deliver(group, out, committed)
+	s.deliver(g, wrote)
 }
 
-// claimGroup takes the next group off the queue, dropping the cancelled.
-func (s *Store) claimGroup() []*pending {
+// group is the calls of one transaction and their outcomes.
+type group struct {
+	calls         []*pending
+	out           []outcome
+	events, bytes int
+}
+
+// claim moves the next calls off the queue into g, within the group's
+// limits, dropping the cancelled, and returns them.
+func (s *Store) claim(g *group) []*pending {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
-	var (
-		group         []*pending
-		n             int
-		events, bytes int
-	)
-	for ; n < len(s.queue) && len(group) < maxGroupCalls; n++ {
+	start, n := len(g.calls), 0
+	for ; n < len(s.queue) && len(g.calls) < maxGroupCalls; n++ {
 		p := s.queue[n]
-		if len(group) > 0 && (events+p.events > MaxAppendEvents || bytes+p.bytes > MaxAppendBytes) {
+		if len(g.calls) > 0 && (g.events+p.events > MaxAppendEvents || g.bytes+p.bytes > MaxAppendBytes) {
 			break
 		}
 		if !p.state.CompareAndSwap(queued, claimed) {
 			continue // its caller has gone
 		}
-		group = append(group, p)
-		events += p.events
-		bytes += p.bytes
+		g.calls = append(g.calls, p)
+		g.events += p.events
+		g.bytes += p.bytes
 	}
 	rest := copy(s.queue, s.queue[n:])
 	clear(s.queue[rest:])
 	s.queue = s.queue[:rest]
-	return group
+	return g.calls[start:]
 }
 
-// deliver wakes the readers once for a committed group, then answers every
-// caller: a caller that sees its result can read its events.
-func (s *Store) deliver(group []*pending, out []outcome, committed bool) {
-	if committed {
+// deliver wakes the readers once for a committed group that wrote, then
+// answers every caller: a caller that sees its result can read its events.
+func (s *Store) deliver(g group, wrote bool) {
+	if wrote {
 		s.notify()
 	}
-	for i, p := range group {
-		p.done <- out[i]
+	for i, p := range g.calls {
+		p.done <- g.out[i]
 	}
 }
 
-// runGroup runs each append of group in tx, in order, and commits. It
-// returns every append's outcome, or an error when nothing was committed
-// because the transaction failed as a whole (a driver error, not an
-// append's own fault). It always ends tx.
-func (s *Store) runGroup(ctx context.Context, tx *sql.Tx, group []*pending) (out []outcome, committed bool, err error) {
+// runGroup runs appends in tx, in order, and commits: only alone when it is
+// given, else the calls it claims from the queue until none is left or the
+// group is full. It returns the group with every call's outcome and whether
+// any call may have written, or an error when nothing was committed because
+// the transaction failed as a whole (a driver error, not a call's own
+// fault). It always ends tx.
+func (s *Store) runGroup(ctx context.Context, tx *sql.Tx, alone *pending) (g group, wrote bool, err error) {
 	defer func() { _ = tx.Rollback() }() // a no-op after Commit
 	st := &txStatements{tx: tx}
-	// A lone call needs no savepoint: its own fault rolls back the
-	// transaction. Nor does a call of one event: SQLite undoes a failed
-	// statement by itself, and the call writes nothing else.
-	alone := len(group) == 1
-	out = make([]outcome, len(group))
-	for i, p := range group {
-		savepoint := !alone && p.events > 1
+	if alone != nil {
+		g.calls = []*pending{alone}
+	}
+	for i := 0; ; i++ {
+		if i == len(g.calls) && (alone != nil || len(s.claim(&g)) == 0) {
+			break
+		}
+		p := g.calls[i]
+		// A call of one event needs no savepoint: SQLite undoes a failed
+		// statement by itself, and the call writes nothing else.
+		savepoint := p.events > 1
 		if savepoint {
 			if _, err := st.get(ctx, &st.savepoint, s.stmts.savepoint).ExecContext(ctx); err != nil {
-				return nil, false, wrap(ctx, "append: savepoint", err)
+				return g, false, wrap(ctx, "append: savepoint", err)
 			}
 		}
 		res, err := s.appendIn(ctx, st, p.reqs)
 		if err != nil && !ownFault(err) {
-			return nil, false, err
+			return g, false, err
 		}
-		out[i] = outcome{res: res, err: err}
+		g.out = append(g.out, outcome{res: res, err: err})
 		switch {
-		case alone && err != nil:
-			return out, false, nil // rolled back by the deferred Rollback
 		case !savepoint:
 		case err != nil:
 			if _, err := st.get(ctx, &st.rollbackTo, s.stmts.rollbackTo).ExecContext(ctx); err != nil {
-				return nil, false, wrap(ctx, "append: roll back to savepoint", err)
+				return g, false, wrap(ctx, "append: roll back to savepoint", err)
 			}
 			fallthrough
 		default:
 			if _, err := st.get(ctx, &st.release, s.stmts.release).ExecContext(ctx); err != nil {
-				return nil, false, wrap(ctx, "append: release savepoint", err)
+				return g, false, wrap(ctx, "append: release savepoint", err)
 			}
 		}
 	}
+	if len(g.calls) == 0 { // every one of them was cancelled
+		return g, false, nil
+	}
 	if err := tx.Commit(); err != nil {
-		return nil, false, wrap(ctx, "commit append", err)
+		return g, false, wrap(ctx, "commit append", err)
 	}
 	s.commits.Add(1)
-	return out, true, nil
+	// Wake readers only when something may have been written.
+	for _, o := range g.out {
+		if o.err == nil {
+			return g, true, nil
+		}
+	}
+	return g, false, nil
 }
 
 // ownFault reports whether err is an append's own fault, which a savepoint
