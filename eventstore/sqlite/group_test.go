@@ -275,6 +275,15 @@ func TestCloseDrainsQueuedAppends(t *testing.T) {
 	var n int64
 	require.NoError(t, db.Read.QueryRowContext(ctx, `SELECT COUNT(*) FROM events`).Scan(&n))
 	assert.Equal(t, int64(5), n)
+
+	// Reads, on statements prepared by the store, still work after Close.
+	evs, err := s.ReadStream(ctx, "0", 0)
+	require.NoError(t, err)
+	assert.Len(t, evs, 1)
+	all, err := s.ReadAll(ctx, eventstore.Position{}, 10)
+	require.NoError(t, err)
+	assert.Len(t, all, 5)
+	assert.NoError(t, s.Wait(ctx, eventstore.Position{}))
 }
 
 // TestManyWritersFewerCommits: unforced, 16 writers already share commits,

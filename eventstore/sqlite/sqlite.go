@@ -82,38 +82,55 @@ var _ eventstore.Store = (*Store)(nil)
 // one maximal Append would.
 const maxGroupCalls = 128
 
-// statements are the append's statements, prepared once on the write pool:
-// modernc.org/sqlite would otherwise parse each one on every append.
+// statements are the store's statements, prepared once: modernc.org/sqlite
+// would otherwise parse each one on every call.
 // database/sql prepares them on the write connection the first time a
 // transaction uses them there, and reuses them after.
 type statements struct {
 	insert, lookup, version, savepoint, release, rollbackTo *sql.Stmt
+	// On the read pool, prepared on each of its connections as it is used.
+	// Reads keep working after Close, as they always have: these are not
+	// closed with the store, but with the *sqlitedb.DB's connections.
+	readStream, readAll, exists *sql.Stmt
 }
 
-func prepare(ctx context.Context, db *sql.DB) (st statements, err error) {
+func prepare(ctx context.Context, db *sqlitedb.DB) (st statements, err error) {
 	for _, p := range []struct {
-		dst **sql.Stmt
-		sql string
+		dst  **sql.Stmt
+		pool *sql.DB
+		sql  string
 	}{
-		{&st.insert, `INSERT INTO events
+		{&st.insert, db.Write, `INSERT INTO events
 		(event_id, stream, version, type, data, metadata, recorded_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)`},
-		{&st.lookup, `SELECT stream, version, position FROM events WHERE event_id = $1`},
-		{&st.version, `SELECT MAX(version) FROM events WHERE stream = $1`},
-		{&st.savepoint, `SAVEPOINT append_request`},
-		{&st.release, `RELEASE append_request`},
-		{&st.rollbackTo, `ROLLBACK TO append_request`},
+		{&st.lookup, db.Write, `SELECT stream, version, position FROM events WHERE event_id = $1`},
+		{&st.version, db.Write, `SELECT MAX(version) FROM events WHERE stream = $1`},
+		{&st.savepoint, db.Write, `SAVEPOINT append_request`},
+		{&st.release, db.Write, `RELEASE append_request`},
+		{&st.rollbackTo, db.Write, `ROLLBACK TO append_request`},
+		{&st.readStream, db.Read, selectEvents + ` WHERE stream = $1 AND version >= $2 ORDER BY version`},
+		{&st.readAll, db.Read, selectEvents + ` WHERE position > $1 ORDER BY position LIMIT $2`},
+		{&st.exists, db.Read, `SELECT EXISTS (SELECT 1 FROM events WHERE position > $1)`},
 	} {
-		if *p.dst, err = db.PrepareContext(ctx, p.sql); err != nil {
-			return st, errors.Join(wrap(ctx, "prepare append", err), st.close())
+		if *p.dst, err = p.pool.PrepareContext(ctx, p.sql); err != nil {
+			return st, errors.Join(wrap(ctx, "prepare statements", err), st.close(), st.closeReads())
 		}
 	}
 	return st, nil
 }
 
+// close closes the append's statements.
 func (st statements) close() error {
+	return closeAll(st.insert, st.lookup, st.version, st.savepoint, st.release, st.rollbackTo)
+}
+
+func (st statements) closeReads() error {
+	return closeAll(st.readStream, st.readAll, st.exists)
+}
+
+func closeAll(stmts ...*sql.Stmt) error {
 	var errs []error
-	for _, s := range []*sql.Stmt{st.insert, st.lookup, st.version, st.savepoint, st.release, st.rollbackTo} {
+	for _, s := range stmts {
 		if s != nil {
 			errs = append(errs, s.Close())
 		}
@@ -147,7 +164,7 @@ func New(db *sqlitedb.DB) (*Store, error) {
 	if err := migrate(ctx, db); err != nil {
 		return nil, err
 	}
-	st, err := prepare(ctx, db.Write)
+	st, err := prepare(ctx, db)
 	if err != nil {
 		return nil, err
 	}
@@ -177,8 +194,8 @@ func migrate(ctx context.Context, db *sqlitedb.DB) error {
 }
 
 // Close waits for every append already queued to get its outcome, refuses
-// later ones (eventstore.ErrUnavailable), releases the prepared statements
-// and wakes every Wait in progress. It does not close the *sqlitedb.DB given
+// later ones (eventstore.ErrUnavailable), releases the append's prepared
+// statements and wakes every Wait in progress. Reads still work. It does not close the *sqlitedb.DB given
 // to New: the caller opened it, shares it, and closes it.
 func (s *Store) Close() error {
 	s.qmu.Lock()
@@ -603,8 +620,7 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]ev
 	if stream == "" {
 		return nil, fmt.Errorf("sqlite eventstore: read stream: empty stream name: %w", eventstore.ErrInvalid)
 	}
-	rows, err := s.db.Read.QueryContext(ctx,
-		selectEvents+` WHERE stream = $1 AND version >= $2 ORDER BY version`, stream, max(from, 0))
+	rows, err := s.stmts.readStream.QueryContext(ctx, stream, max(from, 0))
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
@@ -625,8 +641,7 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 	if after.Commit >= math.MaxInt64 {
 		return nil, nil
 	}
-	rows, err := s.db.Read.QueryContext(ctx,
-		selectEvents+` WHERE position > $1 ORDER BY position LIMIT $2`, int64(after.Commit), limit)
+	rows, err := s.stmts.readAll.QueryContext(ctx, int64(after.Commit), limit)
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
@@ -685,8 +700,7 @@ func (s *Store) Wait(ctx context.Context, after eventstore.Position) error {
 	s.mu.Unlock()
 
 	var exists bool
-	err := s.db.Read.QueryRowContext(ctx,
-		`SELECT EXISTS (SELECT 1 FROM events WHERE position > $1)`, int64(min(after.Commit, math.MaxInt64))).Scan(&exists)
+	err := s.stmts.exists.QueryRowContext(ctx, int64(min(after.Commit, math.MaxInt64))).Scan(&exists)
 	if err != nil {
 		return wrap(ctx, fmt.Sprintf("wait after %s", after), err)
 	}
