@@ -696,7 +696,9 @@ func TestC20_AuditTruth(t *testing.T) {
 		c1xAssertNothingAfterDelete(t, s.UserEvents(t, id), id)
 	}
 
-	// An audit rebuilt from the log equals the live one.
+	// An audit rebuilt from the log equals the live one, once the live one
+	// has everything the races and their cleanup appended.
+	s.Settled(t)
 	live := s.Audit(t, "")
 	liveUsers := s.Users(t, "")
 	s.Stop()

@@ -396,6 +396,38 @@ func (s *Server) Do(t testing.TB, method, path, token string, body any, header .
 	return r
 }
 
+// Settled waits until every worker of the server has processed the whole
+// log, on three reads of /metrics in a row: a workflow may append events
+// (revocations, say) while the other workers catch up, and those must be
+// projected too before a test compares read models.
+func (s *Server) Settled(t *testing.T) {
+	t.Helper()
+	quiet := 0
+	require.Eventually(t, func() bool {
+		r, err := s.Try(http.MethodGet, "/metrics", "", nil)
+		if err != nil || r.Status != http.StatusOK {
+			quiet = 0
+			return false
+		}
+		workers := 0
+		for line := range strings.SplitSeq(string(r.Body), "\n") {
+			if !strings.HasPrefix(line, "evident_worker_lag_events{") {
+				continue
+			}
+			workers++
+			if !strings.HasSuffix(line, " 0") {
+				quiet = 0
+				return false
+			}
+		}
+		if workers == 0 {
+			return false
+		}
+		quiet++
+		return quiet >= 3
+	}, 15*time.Second, 50*time.Millisecond, "every worker has processed the whole log")
+}
+
 // Try is Do without a testing.TB, for goroutines: it returns transport errors.
 func (s *Server) Try(method, path, token string, body any, header ...string) (*Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
