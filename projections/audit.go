@@ -55,49 +55,68 @@ func (auditProjection) Name() string     { return NameAudit }
 func (auditProjection) Tables() []string { return []string{"audit"} }
 
 func (auditProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
-	action, ok := actions[ev.Type]
-	if !ok {
+	if _, ok := actions[ev.Type]; !ok {
 		return nil
 	}
-	md, err := metadata(ev)
-	if err != nil {
-		return err
+	d := decode(&ev)
+	if d.err != nil {
+		return d.err
 	}
+	return tx.InsertAudit(auditRecord(&d))
+}
+
+// auditRecord is the audit row of an audited event.
+func auditRecord(d *event) readmodels.AuditRecord {
 	var (
 		aggType    string
 		aggID, uid uuid.UUID
 	)
-	if session.IsType(ev.Type) {
-		e, err := session.Decode(ev.Type, md.SchemaVersion, ev.Data)
-		if err != nil {
-			return err
-		}
+	if d.sess != nil {
 		aggType = "session"
-		aggID, uid = sessionIDs(e)
+		aggID, uid = sessionIDs(d.sess)
 	} else {
-		e, err := user.Decode(ev.Type, md.SchemaVersion, ev.Data)
-		if err != nil {
-			return err
-		}
 		aggType = "user"
-		aggID = userID(e)
+		aggID = userID(d.user)
 		uid = aggID
 	}
-	return tx.InsertAudit(readmodels.AuditRecord{
+	ev, agg := d.rec, aggID.String()
+	return readmodels.AuditRecord{
 		EventID:       ev.ID,
 		EventType:     ev.Type,
-		AggregateID:   aggID.String(),
+		AggregateID:   agg,
 		AggregateType: aggType,
 		UserID:        &uid,
-		ActorID:       md.ActorID,
-		Action:        action,
+		ActorID:       d.md.ActorID,
+		Action:        actions[ev.Type],
 		Resource:      aggType,
-		ResourceID:    aggID.String(),
+		ResourceID:    agg,
 		Details:       ev.Data,
-		OccurredAt:    occurredAt(ev, md),
+		OccurredAt:    d.at,
 		Position:      ev.Position,
 		Metadata:      ev.Metadata,
-	})
+	}
+}
+
+func (auditProjection) folder() folder { return &auditFolder{} }
+
+// auditFolder writes a batch's audit rows with one bulk insert.
+type auditFolder struct{ out []readmodels.AuditRecord }
+
+func (f *auditFolder) replay(b *readmodels.Bulk, evs []event) error {
+	f.out = f.out[:0]
+	for i := range evs {
+		d := &evs[i]
+		if _, ok := actions[d.rec.Type]; !ok {
+			continue
+		}
+		if d.err != nil {
+			return d.err
+		}
+		f.out = append(f.out, auditRecord(d))
+	}
+	err := b.InsertAudit(f.out)
+	clear(f.out) // let the events' data go
+	return err
 }
 
 // sessionIDs returns the session and the user a session event is about.

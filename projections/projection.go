@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"evident/domain/session"
+	"evident/domain/user"
 	"evident/eventstore"
 	"evident/readmodels"
 )
@@ -59,4 +61,50 @@ func occurredAt(ev eventstore.RecordedEvent, md eventstore.Metadata) time.Time {
 		return md.OccurredAt.UTC()
 	}
 	return ev.RecordedAt.UTC()
+}
+
+// event is a recorded event with its metadata and data decoded, once for
+// every projection: the live path decodes each event it applies, a replay
+// each event of a batch.
+type event struct {
+	rec  *eventstore.RecordedEvent
+	md   eventstore.Metadata
+	at   time.Time     // occurredAt
+	user user.Event    // a user.* event
+	sess session.Event // an auth.* event
+	err  error         // its metadata or data could not be decoded
+}
+
+// decode decodes a user.* or auth.* event; any other is returned with
+// neither user nor sess set (and err nil): no projection reads it.
+func decode(ev *eventstore.RecordedEvent) event {
+	d := event{rec: ev}
+	isUser, isSession := user.IsType(ev.Type), session.IsType(ev.Type)
+	if !isUser && !isSession {
+		return d
+	}
+	if d.md, d.err = metadata(*ev); d.err != nil {
+		return d
+	}
+	d.at = occurredAt(*ev, d.md)
+	if isUser {
+		d.user, d.err = user.Decode(ev.Type, d.md.SchemaVersion, ev.Data)
+	} else {
+		d.sess, d.err = session.Decode(ev.Type, d.md.SchemaVersion, ev.Data)
+	}
+	return d
+}
+
+// replayer is a projection that a rebuild can replay a batch at a time:
+// its folder folds a batch's events into rows in memory and writes each
+// changed row once, the rows its Apply writes event by event.
+type replayer interface {
+	folder() folder
+}
+
+// folder replays batches of one projection, keeping its buffers from one
+// batch to the next. An error from replay means the batch must be applied
+// event by event (Apply), which then retries or parks the event at fault.
+type folder interface {
+	replay(b *readmodels.Bulk, evs []event) error
 }

@@ -57,12 +57,140 @@ func rebuildInPlace(ctx context.Context, r *Runner, ps []Projection) error {
 			return fmt.Errorf("projections: rebuild %s: %w", p.Name(), err)
 		}
 	}
+	if targets, ok := replayTargets(ps, nil); ok {
+		return replay(ctx, r, targets)
+	}
 	var wg sync.WaitGroup
 	for _, w := range r.workers {
 		wg.Go(func() { r.run(ctx, w, true) })
 	}
 	wg.Wait()
 	return ctx.Err()
+}
+
+// replayBatch is how many events a replay reads, and writes in one
+// transaction. It bounds the replay's memory.
+const replayBatch = 1000
+
+// target is a projection a replay writes: its checkpoint key, its folder,
+// and the shadow its rows go to (nil: the live tables).
+type target struct {
+	name string
+	f    folder
+	sh   *readmodels.Shadow
+}
+
+// replayTargets returns the targets of ps (shadows[i] is ps[i]'s shadow, or
+// shadows is nil), or false when a projection cannot be replayed a batch
+// at a time.
+func replayTargets(ps []Projection, shadows []*readmodels.Shadow) ([]target, bool) {
+	out := make([]target, 0, len(ps))
+	for i, p := range ps {
+		rp, ok := p.(replayer)
+		if !ok {
+			return nil, false
+		}
+		t := target{name: p.Name(), f: rp.folder()}
+		if shadows != nil {
+			t.name, t.sh = shadows[i].Name(), shadows[i]
+		}
+		out = append(out, t)
+	}
+	return out, true
+}
+
+// replay applies the log from the start to its head to every target: it
+// reads each batch once, decodes each event once, and writes the batch's
+// rows of every target and their checkpoints in one transaction. Every
+// target's checkpoint must be at the start. A batch that the targets cannot
+// fold (an event that does not decode, a row that will not write) is
+// applied by r's workers event by event instead, which retry and park as
+// the live path does; r's workers are the targets' projections. It returns
+// an error only when ctx ended.
+func replay(ctx context.Context, r *Runner, targets []target) error {
+	rp := r.rm.NewReplay()
+	defer rp.Close()
+	var (
+		from   eventstore.Position
+		evs    []event
+		outage int
+	)
+	for {
+		recs, err := r.src.ReadAll(ctx, from, replayBatch)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			outage++
+			r.log.Warn("projections: cannot read the log for a rebuild; retrying",
+				"position", from.String(), "attempt", outage, "err", err)
+			r.sleep(ctx, outage)
+			continue
+		}
+		outage = 0
+		if len(recs) == 0 {
+			return nil
+		}
+		evs = evs[:0]
+		for i := range recs {
+			evs = append(evs, decode(&recs[i]))
+		}
+		last := recs[len(recs)-1].Position
+		err = rp.Update(ctx, func(b *readmodels.Bulk) error {
+			for _, t := range targets {
+				tb := b
+				if t.sh != nil {
+					tb = t.sh.Bulk(b)
+				}
+				if err := t.f.replay(tb, evs); err != nil {
+					return fmt.Errorf("projections: replay %s: %w", t.name, err)
+				}
+				if err := b.Tx().AdvanceCheckpoint(t.name, from, last); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		clear(evs) // let the batch go
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			r.log.Warn("projections: rebuild batch applied event by event",
+				"position", from.String(), "err", err)
+			ps := make([]Projection, len(r.workers))
+			for i, w := range r.workers {
+				ps[i] = w.proj
+			}
+			one := NewRunner(until{Source: r.src, last: last}, r.rm, ps, r.opts)
+			for _, w := range one.workers {
+				one.run(ctx, w, true)
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		from = last
+		if len(recs) < replayBatch {
+			return nil
+		}
+	}
+}
+
+// until hides the events after last.
+type until struct {
+	Source
+	last eventstore.Position
+}
+
+func (u until) ReadAll(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
+	evs, err := u.Source.ReadAll(ctx, after, limit)
+	for i, ev := range evs {
+		if u.last.Less(ev.Position) {
+			return evs[:i], err
+		}
+	}
+	return evs, err
 }
 
 // shadowed is a projection replayed into its shadow tables: its own name
@@ -131,14 +259,21 @@ func rebuildShadowed(ctx context.Context, live *Runner, ps []Projection) (err er
 		shadows = append(shadows, shadowed{p: p, sh: sh})
 	}
 
-	// Replay into the shadows with the Runner's batching, retries and
-	// parking; each shadow keeps its own checkpoint.
+	// Replay into the shadows; each shadow keeps its own checkpoint.
 	r := NewRunner(live.src, rm, shadows, live.opts)
-	var wg sync.WaitGroup
-	for _, w := range r.workers {
-		wg.Go(func() { r.run(ctx, w, true) })
+	shs := make([]*readmodels.Shadow, len(shadows))
+	for i, s := range shadows {
+		shs[i] = s.(shadowed).sh
 	}
-	wg.Wait()
+	if targets, ok := replayTargets(ps, shs); ok {
+		_ = replay(ctx, r, targets)
+	} else {
+		var wg sync.WaitGroup
+		for _, w := range r.workers {
+			wg.Go(func() { r.run(ctx, w, true) })
+		}
+		wg.Wait()
+	}
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}

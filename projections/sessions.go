@@ -32,34 +32,15 @@ func (sessionsProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) 
 	if !session.IsType(ev.Type) {
 		return nil
 	}
-	md, err := metadata(ev)
-	if err != nil {
-		return err
+	d := decode(&ev)
+	if d.err != nil {
+		return d.err
 	}
-	e, err := session.Decode(ev.Type, md.SchemaVersion, ev.Data)
-	if err != nil {
-		return err
-	}
-	at := occurredAt(ev, md)
-	var (
-		id             uuid.UUID
-		status, reason string
-		endedAt        = at
-	)
-	switch e := e.(type) {
-	case session.LoggedIn:
-		return tx.PutSession(readmodels.Session{
-			ID: e.SessionID, UserID: e.UserID, Status: SessionOpen,
-			CreatedAt: at, ExpiresAt: e.ExpiresAt, Version: ev.Version,
-		})
-	case session.LoggedOut:
-		id, status, reason = e.SessionID, SessionLoggedOut, SessionLoggedOut
-	case session.Expired:
-		id, status, reason, endedAt = e.SessionID, SessionExpired, SessionExpired, e.ExpiredAt.UTC()
-	case session.Revoked:
-		id, status, reason = e.SessionID, SessionRevoked, e.Reason
-	default:
-		return nil
+	id := sessionID(d.sess)
+	if _, ok := d.sess.(session.LoggedIn); ok {
+		// Upsert guarded by version: a replay of the log-in changes nothing.
+		s, _ := nextSession(readmodels.Session{}, false, &d)
+		return tx.PutSession(s)
 	}
 	s, err := tx.Session(id)
 	if errors.Is(err, readmodels.ErrNotFound) {
@@ -68,9 +49,110 @@ func (sessionsProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) 
 	if err != nil {
 		return err
 	}
-	if ev.Version <= s.Version || s.Status != SessionOpen {
+	s, ok := nextSession(s, true, &d)
+	if !ok {
 		return nil
 	}
-	s.Status, s.EndReason, s.EndedAt, s.Version = status, reason, &endedAt, ev.Version
 	return tx.PutSession(s)
+}
+
+// sessionID is the session an auth.* event is about.
+func sessionID(e session.Event) uuid.UUID {
+	id, _ := sessionIDs(e)
+	return id
+}
+
+// nextSession returns the row that session event d makes of s (found: the
+// row exists), and false when d leaves it as it is. A log-in makes a new
+// row unless the row's version is d's or later (PutSession's guard); the
+// others close an open session once.
+func nextSession(s readmodels.Session, found bool, d *event) (readmodels.Session, bool) {
+	ev, at := d.rec, d.at
+	var (
+		status, reason string
+		endedAt        = at
+	)
+	switch e := d.sess.(type) {
+	case session.LoggedIn:
+		if found && ev.Version <= s.Version {
+			return s, false
+		}
+		return readmodels.Session{
+			ID: e.SessionID, UserID: e.UserID, Status: SessionOpen,
+			CreatedAt: at, ExpiresAt: e.ExpiresAt, Version: ev.Version,
+		}, true
+	case session.LoggedOut:
+		status, reason = SessionLoggedOut, SessionLoggedOut
+	case session.Expired:
+		status, reason, endedAt = SessionExpired, SessionExpired, e.ExpiredAt.UTC()
+	case session.Revoked:
+		status, reason = SessionRevoked, e.Reason
+	default:
+		return s, false
+	}
+	if !found || ev.Version <= s.Version || s.Status != SessionOpen {
+		return s, false
+	}
+	s.Status, s.EndReason, s.EndedAt, s.Version = status, reason, &endedAt, ev.Version
+	return s, true
+}
+
+func (sessionsProjection) folder() folder {
+	return &sessionsFolder{rows: map[uuid.UUID]readmodels.Session{}, changed: map[uuid.UUID]bool{}}
+}
+
+// sessionsFolder folds a batch into the sessions it touches: the rows read
+// once, each changed row written once.
+type sessionsFolder struct {
+	rows    map[uuid.UUID]readmodels.Session
+	ids     []uuid.UUID // touched, in first-touch order
+	changed map[uuid.UUID]bool
+	out     []readmodels.Session
+}
+
+func (f *sessionsFolder) replay(b *readmodels.Bulk, evs []event) error {
+	clear(f.rows)
+	clear(f.changed)
+	f.ids = f.ids[:0]
+	for i := range evs {
+		d := &evs[i]
+		if d.err != nil && session.IsType(d.rec.Type) {
+			return d.err
+		}
+		if d.sess == nil {
+			continue
+		}
+		id := sessionID(d.sess)
+		if _, seen := f.changed[id]; !seen {
+			f.changed[id] = false
+			f.ids = append(f.ids, id)
+		}
+	}
+	if len(f.ids) == 0 {
+		return nil
+	}
+	if err := b.Sessions(f.ids, f.rows); err != nil {
+		return err
+	}
+	for i := range evs {
+		d := &evs[i]
+		if d.sess == nil {
+			continue
+		}
+		id := sessionID(d.sess)
+		s, found := f.rows[id]
+		if s, ok := nextSession(s, found, d); ok {
+			f.rows[id] = s
+			f.changed[id] = true
+		}
+	}
+	f.out = f.out[:0]
+	for _, id := range f.ids {
+		if f.changed[id] {
+			f.out = append(f.out, f.rows[id])
+		}
+	}
+	err := b.PutSessions(f.out)
+	clear(f.out)
+	return err
 }

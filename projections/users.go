@@ -26,34 +26,48 @@ func (usersProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) err
 	if !user.IsType(ev.Type) {
 		return nil
 	}
-	md, err := metadata(ev)
-	if err != nil {
-		return err
+	d := decode(&ev)
+	if d.err != nil {
+		return d.err
 	}
-	e, err := user.Decode(ev.Type, md.SchemaVersion, ev.Data)
-	if err != nil {
-		return err
-	}
-	at := occurredAt(ev, md)
-	if c, ok := e.(user.Created); ok {
+	if _, ok := d.user.(user.Created); ok {
 		// Upsert guarded by version: a replay of the create changes nothing.
-		return tx.PutUser(readmodels.User{
-			ID: c.UserID, Email: c.Email, Name: c.Name, Roles: c.Roles,
-			Status: string(user.StatusPending), Version: ev.Version,
-			CreatedAt: at, UpdatedAt: at, Position: ev.Position,
-		})
+		u, _ := nextUser(readmodels.User{}, false, &d)
+		return tx.PutUser(u)
 	}
-	u, err := tx.User(userID(e))
+	u, err := tx.User(userID(d.user))
 	if errors.Is(err, readmodels.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if ev.Version <= u.Version || u.Status == string(user.StatusDeleted) {
+	u, ok := nextUser(u, true, &d)
+	if !ok {
 		return nil
 	}
-	switch e := e.(type) {
+	return tx.PutUser(u)
+}
+
+// nextUser returns the row that user event d makes of u (found: the row
+// exists), and false when d leaves it as it is. A user.created makes a new
+// row unless the row's version is d's or later (PutUser's guard).
+func nextUser(u readmodels.User, found bool, d *event) (readmodels.User, bool) {
+	ev, at := d.rec, d.at
+	if c, ok := d.user.(user.Created); ok {
+		if found && ev.Version <= u.Version {
+			return u, false
+		}
+		return readmodels.User{
+			ID: c.UserID, Email: c.Email, Name: c.Name, Roles: c.Roles,
+			Status: string(user.StatusPending), Version: ev.Version,
+			CreatedAt: at, UpdatedAt: at, Position: ev.Position,
+		}, true
+	}
+	if !found || ev.Version <= u.Version || u.Status == string(user.StatusDeleted) {
+		return u, false
+	}
+	switch e := d.user.(type) {
 	case user.Updated:
 		if e.Email != nil {
 			u.Email = *e.Email
@@ -76,7 +90,68 @@ func (usersProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) err
 		u.DeletedAt = &at
 	}
 	u.Version, u.UpdatedAt, u.Position = ev.Version, at, ev.Position
-	return tx.PutUser(u)
+	return u, true
+}
+
+func (usersProjection) folder() folder { return &usersFolder{rows: map[uuid.UUID]readmodels.User{}} }
+
+// usersFolder folds a batch into the users it touches: the rows read once,
+// each changed row written once.
+type usersFolder struct {
+	rows    map[uuid.UUID]readmodels.User
+	ids     []uuid.UUID // touched, in first-touch order
+	changed map[uuid.UUID]bool
+	out     []readmodels.User
+}
+
+func (f *usersFolder) replay(b *readmodels.Bulk, evs []event) error {
+	clear(f.rows)
+	f.ids = f.ids[:0]
+	if f.changed == nil {
+		f.changed = map[uuid.UUID]bool{}
+	}
+	clear(f.changed)
+	for i := range evs {
+		d := &evs[i]
+		if d.err != nil && user.IsType(d.rec.Type) {
+			return d.err
+		}
+		if d.user == nil {
+			continue
+		}
+		id := userID(d.user)
+		if _, seen := f.changed[id]; !seen {
+			f.changed[id] = false
+			f.ids = append(f.ids, id)
+		}
+	}
+	if len(f.ids) == 0 {
+		return nil
+	}
+	if err := b.Users(f.ids, f.rows); err != nil {
+		return err
+	}
+	for i := range evs {
+		d := &evs[i]
+		if d.user == nil {
+			continue
+		}
+		id := userID(d.user)
+		u, found := f.rows[id]
+		if u, ok := nextUser(u, found, d); ok {
+			f.rows[id] = u
+			f.changed[id] = true
+		}
+	}
+	f.out = f.out[:0]
+	for _, id := range f.ids {
+		if f.changed[id] {
+			f.out = append(f.out, f.rows[id])
+		}
+	}
+	err := b.PutUsers(f.out)
+	clear(f.out) // let the rows go
+	return err
 }
 
 // userID is the user an event of the user stream is about.

@@ -100,6 +100,12 @@ func (sh *Shadow) Tx(tx *Tx) *Tx {
 	return &Tx{ctx: tx.ctx, tx: tx.tx, now: tx.now, dialect: tx.dialect, shadows: sh.names}
 }
 
+// Bulk returns a Bulk in b's transaction whose reads and writes go to the
+// shadow tables (COPY for audit rows).
+func (sh *Shadow) Bulk(b *Bulk) *Bulk {
+	return &Bulk{r: b.r, tx: sh.Tx(b.tx), conn: b.conn, local: b.local}
+}
+
 // Switch swaps the shadow in for the live tables, in one transaction:
 //
 //  1. lock the live and shadow tables (ACCESS EXCLUSIVE: queries of the live

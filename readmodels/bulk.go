@@ -1,0 +1,497 @@
+package readmodels
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Replay writes the batches of a replay (projections.Rebuild): one
+// transaction per batch, whose rows a projection has folded in memory and
+// writes many per statement — multi-row upserts, and for the insert-only
+// audit table COPY into a shadow table on PostgreSQL. The rows it writes are
+// the ones the Tx methods would have written event by event. Build it with
+// Store.NewReplay and Close it when done; it is not safe for concurrent use.
+type Replay struct {
+	s *Store
+	// stmts are the multi-row statements by text. SQLite prepares them once
+	// (on its one write connection); PostgreSQL caches them itself (pgx).
+	stmts   map[string]*sql.Stmt
+	pending []string           // met in the current transaction, not yet in stmts
+	texts   map[textKey]string // statement texts by what they do
+	args    []any              // reused between statements
+}
+
+type textKey struct {
+	table string // as the Tx names it (rel)
+	kind  byte   // 'w' write, 'r' read
+	n     int    // rows or keys
+	col   string // read: the key column
+}
+
+// NewReplay returns a Replay on s.
+func (s *Store) NewReplay() *Replay {
+	return &Replay{s: s, stmts: map[string]*sql.Stmt{}, texts: map[textKey]string{}}
+}
+
+// Close releases the prepared statements.
+func (r *Replay) Close() error {
+	var err error
+	for q, st := range r.stmts {
+		if cerr := st.Close(); cerr != nil && err == nil {
+			err = classify(cerr)
+		}
+		delete(r.stmts, q)
+	}
+	return err
+}
+
+// Update runs fn in one transaction and commits it when fn returns nil, as
+// Store.Update does (same errors); the Bulk's Tx takes checkpoints and
+// parked events.
+func (r *Replay) Update(ctx context.Context, fn func(*Bulk) error) error {
+	var (
+		conn  *sql.Conn
+		sqlTx *sql.Tx
+		err   error
+	)
+	if r.s.dialect == DialectPostgres {
+		// A connection of our own, so that COPY runs in the transaction.
+		if conn, err = r.s.write.Conn(ctx); err != nil {
+			return &TxError{Op: "begin", Err: err}
+		}
+		defer conn.Close()
+		sqlTx, err = conn.BeginTx(ctx, nil)
+	} else {
+		sqlTx, err = r.s.write.BeginTx(ctx, nil)
+	}
+	if err != nil {
+		return &TxError{Op: "begin", Err: err}
+	}
+	tx := &Tx{ctx: ctx, tx: sqlTx, now: r.s.now, dialect: r.s.dialect}
+	if err := fn(&Bulk{r: r, tx: tx, conn: conn, local: map[string]*sql.Stmt{}}); err != nil {
+		_ = sqlTx.Rollback() // the error from fn says more than the rollback's
+		r.pending = r.pending[:0]
+		return err
+	}
+	if err := sqlTx.Commit(); err != nil {
+		r.pending = r.pending[:0]
+		return &TxError{Op: "commit", Err: err}
+	}
+	if tx.checkpointed {
+		r.s.broadcast()
+	}
+	r.prepare(ctx)
+	return nil
+}
+
+// Bulk is one transaction of a Replay. Its reads and writes go to the
+// tables its Tx names (a Shadow's, see Shadow.Bulk).
+type Bulk struct {
+	r    *Replay
+	tx   *Tx
+	conn *sql.Conn // PostgreSQL: the transaction's connection, for COPY
+	// local are the transaction's statements by text (SQLite).
+	local map[string]*sql.Stmt
+}
+
+// Tx is the transaction, for checkpoints and parked events.
+func (b *Bulk) Tx() *Tx { return b.tx }
+
+// TokenRow is a row of the activation tokens table with the user stream's
+// version of the event that last changed it.
+type TokenRow struct {
+	ActivationToken
+	Version int64
+}
+
+// maxRows is the most rows one multi-row statement writes; fewer are
+// written by statements of power-of-two sizes, so that a table needs at
+// most a handful of statement texts.
+const maxRows = 64
+
+// chunk is how many of n rows the next statement writes.
+func chunk(n int) int {
+	if n >= maxRows {
+		return maxRows
+	}
+	c := 1
+	for c*2 <= n {
+		c *= 2
+	}
+	return c
+}
+
+// text returns (and remembers) the statement text build makes for k.
+func (b *Bulk) text(k textKey, build func() string) string {
+	if q, ok := b.r.texts[k]; ok {
+		return q
+	}
+	q := build()
+	b.r.texts[k] = q
+	return q
+}
+
+// stmt returns q as a statement of the transaction: on SQLite a prepared
+// one, on PostgreSQL nil (pgx prepares and caches statements per
+// connection). SQLite's one write connection is the transaction's, so a
+// statement met for the first time is prepared in the transaction, and
+// again on the pool after the commit (Update), where it outlives it.
+func (b *Bulk) stmt(q string) (*sql.Stmt, error) {
+	if b.tx.dialect == DialectPostgres {
+		return nil, nil
+	}
+	if st, ok := b.local[q]; ok {
+		return st, nil
+	}
+	var st *sql.Stmt
+	if shared, ok := b.r.stmts[q]; ok {
+		st = b.tx.tx.StmtContext(b.tx.ctx, shared)
+	} else {
+		var err error
+		if st, err = b.tx.tx.PrepareContext(b.tx.ctx, q); err != nil {
+			return nil, err
+		}
+		b.r.pending = append(b.r.pending, q)
+	}
+	b.local[q] = st
+	return st, nil
+}
+
+// prepare prepares the statements met in the last transaction on the pool.
+// A failure only means they are prepared in the next transaction again.
+func (r *Replay) prepare(ctx context.Context) {
+	for _, q := range r.pending {
+		if st, err := r.s.write.PrepareContext(ctx, q); err == nil {
+			r.stmts[q] = st
+		}
+	}
+	r.pending = r.pending[:0]
+}
+
+func (b *Bulk) exec(q string, args []any) error {
+	st, err := b.stmt(q)
+	if err != nil {
+		return err
+	}
+	if st != nil {
+		_, err = st.ExecContext(b.tx.ctx, args...)
+		return err
+	}
+	_, err = b.tx.tx.ExecContext(b.tx.ctx, q, args...)
+	return err
+}
+
+func (b *Bulk) query(q string, args []any) (*sql.Rows, error) {
+	st, err := b.stmt(q)
+	if err != nil {
+		return nil, err
+	}
+	if st != nil {
+		return st.QueryContext(b.tx.ctx, args...)
+	}
+	return b.tx.tx.QueryContext(b.tx.ctx, q, args...)
+}
+
+// writeRows writes n rows with INSERT INTO table (columns) VALUES … suffix,
+// up to maxRows per statement; row appends the values of row i.
+func (b *Bulk) writeRows(table, columns string, ncols int, suffix string, n int, row func(a []any, i int) []any) error {
+	rel := b.tx.rel(table)
+	for i := 0; i < n; {
+		c := chunk(n - i)
+		q := b.text(textKey{table: rel, kind: 'w', n: c}, func() string {
+			var sb strings.Builder
+			sb.WriteString("INSERT INTO " + rel + " (" + columns + ") VALUES ")
+			p := 0
+			for r := range c {
+				if r > 0 {
+					sb.WriteString(", ")
+				}
+				sb.WriteByte('(')
+				for col := range ncols {
+					if col > 0 {
+						sb.WriteString(", ")
+					}
+					p++
+					sb.WriteString("$" + strconv.Itoa(p))
+				}
+				sb.WriteByte(')')
+			}
+			sb.WriteString(" " + suffix)
+			return sb.String()
+		})
+		a := b.r.args[:0]
+		for r := range c {
+			a = row(a, i+r)
+		}
+		b.r.args = a
+		err := b.exec(q, a)
+		clear(a) // let the values go
+		if err != nil {
+			return err
+		}
+		i += c
+	}
+	return nil
+}
+
+// readRows runs SELECT columns FROM table WHERE col IN keys, in chunks, and
+// hands each row to scan.
+func (b *Bulk) readRows(table, columns, col string, keys []string, scan func(*sql.Rows) error) error {
+	rel := b.tx.rel(table)
+	for i := 0; i < len(keys); {
+		c := chunk(len(keys) - i)
+		q := b.text(textKey{table: rel, kind: 'r', n: c, col: col}, func() string {
+			var sb strings.Builder
+			sb.WriteString("SELECT " + columns + " FROM " + rel + " WHERE " + col + " IN (")
+			for p := range c {
+				if p > 0 {
+					sb.WriteString(", ")
+				}
+				sb.WriteString("$" + strconv.Itoa(p+1))
+			}
+			sb.WriteByte(')')
+			return sb.String()
+		})
+		a := b.r.args[:0]
+		for _, k := range keys[i : i+c] {
+			a = append(a, k)
+		}
+		b.r.args = a
+		rows, err := b.query(q, a)
+		clear(a)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				rows.Close()
+				return err
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		i += c
+	}
+	return nil
+}
+
+func uuidStrings(ids []uuid.UUID) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = id.String()
+	}
+	return out
+}
+
+// Users adds the rows of ids that exist to into.
+func (b *Bulk) Users(ids []uuid.UUID, into map[uuid.UUID]User) error {
+	err := b.readRows("users", userColumns, "id", uuidStrings(ids), func(rows *sql.Rows) error {
+		u, err := scanUser(rows)
+		if err != nil {
+			return err
+		}
+		into[u.ID] = u
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("readmodels: read users: %w", classify(err))
+	}
+	return nil
+}
+
+// PutUsers writes users as PutUser does each: inserted, or overwriting a
+// row of an older version. Each id at most once.
+func (b *Bulk) PutUsers(us []User) error {
+	var roles []byte
+	err := b.writeRows("users", userColumns, 11, `ON CONFLICT (id) DO UPDATE SET
+			email = excluded.email, name = excluded.name, roles = excluded.roles,
+			status = excluded.status, version = excluded.version,
+			created_at = excluded.created_at, updated_at = excluded.updated_at,
+			activated_at = excluded.activated_at, deleted_at = excluded.deleted_at,
+			position = excluded.position
+		WHERE users.version < excluded.version`, len(us), func(a []any, i int) []any {
+		u := &us[i]
+		roles = appendRoles(roles[:0], u.Roles)
+		return append(a, u.ID.String(), u.Email, u.Name, string(roles), u.Status, u.Version,
+			micros(u.CreatedAt), micros(u.UpdatedAt), nullMicros(u.ActivatedAt), nullMicros(u.DeletedAt),
+			u.Position.String())
+	})
+	if err != nil {
+		return fmt.Errorf("readmodels: put users: %w", classify(err))
+	}
+	return nil
+}
+
+// appendRoles appends roles as PutUser stores them (a JSON array, never null).
+func appendRoles(dst []byte, roles []string) []byte {
+	if roles == nil {
+		roles = []string{}
+	}
+	// Role names are plain; json.Marshal would escape the same way.
+	out, err := json.Marshal(roles)
+	if err != nil {
+		return append(dst, "[]"...) // a []string always marshals
+	}
+	return append(dst, out...)
+}
+
+// Sessions adds the rows of ids that exist to into.
+func (b *Bulk) Sessions(ids []uuid.UUID, into map[uuid.UUID]Session) error {
+	err := b.readRows("sessions", rawSessionColumns, "id", uuidStrings(ids), func(rows *sql.Rows) error {
+		s, err := scanSession(rows)
+		if err != nil {
+			return err
+		}
+		into[s.ID] = s
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("readmodels: read sessions: %w", classify(err))
+	}
+	return nil
+}
+
+// PutSessions writes sessions as PutSession does each. Each id at most once.
+func (b *Bulk) PutSessions(ss []Session) error {
+	err := b.writeRows("sessions", rawSessionColumns, 8, `ON CONFLICT (id) DO UPDATE SET
+			user_id = excluded.user_id, status = excluded.status,
+			created_at = excluded.created_at, expires_at = excluded.expires_at,
+			ended_at = excluded.ended_at, end_reason = excluded.end_reason,
+			version = excluded.version
+		WHERE sessions.version < excluded.version`, len(ss), func(a []any, i int) []any {
+		s := &ss[i]
+		return append(a, s.ID.String(), s.UserID.String(), s.Status, micros(s.CreatedAt), micros(s.ExpiresAt),
+			nullMicros(s.EndedAt), s.EndReason, s.Version)
+	})
+	if err != nil {
+		return fmt.Errorf("readmodels: put sessions: %w", classify(err))
+	}
+	return nil
+}
+
+const tokenRowColumns = `token_hash, user_id, status, requested_by, created_at, expires_at, ended_at, version`
+
+// ActivationTokens adds to into the tokens of the users userIDs and the
+// tokens hashes, those that exist.
+func (b *Bulk) ActivationTokens(userIDs []uuid.UUID, hashes []string, into map[string]TokenRow) error {
+	scan := func(rows *sql.Rows) error {
+		var (
+			t                TokenRow
+			userID           string
+			created, expires int64
+			ended            sql.NullInt64
+		)
+		if err := rows.Scan(&t.TokenHash, &userID, &t.Status, &t.RequestedBy, &created, &expires, &ended, &t.Version); err != nil {
+			return err
+		}
+		var err error
+		if t.UserID, err = uuid.Parse(userID); err != nil {
+			return fmt.Errorf("token user id %q: %w", userID, err)
+		}
+		t.CreatedAt, t.ExpiresAt, t.EndedAt = fromMicros(created), fromMicros(expires), fromNullMicros(ended)
+		into[t.TokenHash] = t
+		return nil
+	}
+	err := b.readRows("activation_tokens", tokenRowColumns, "user_id", uuidStrings(userIDs), scan)
+	if err == nil {
+		err = b.readRows("activation_tokens", tokenRowColumns, "token_hash", hashes, scan)
+	}
+	if err != nil {
+		return fmt.Errorf("readmodels: read activation tokens: %w", classify(err))
+	}
+	return nil
+}
+
+// PutActivationTokens writes tokens: inserted, or overwriting a row of an
+// older version. Each hash at most once.
+func (b *Bulk) PutActivationTokens(ts []TokenRow) error {
+	err := b.writeRows("activation_tokens", tokenRowColumns, 8, `ON CONFLICT (token_hash) DO UPDATE SET
+			user_id = excluded.user_id, status = excluded.status, requested_by = excluded.requested_by,
+			created_at = excluded.created_at, expires_at = excluded.expires_at,
+			ended_at = excluded.ended_at, version = excluded.version
+		WHERE activation_tokens.version < excluded.version`, len(ts), func(a []any, i int) []any {
+		t := &ts[i]
+		return append(a, t.TokenHash, t.UserID.String(), t.Status, t.RequestedBy,
+			micros(t.CreatedAt), micros(t.ExpiresAt), nullMicros(t.EndedAt), t.Version)
+	})
+	if err != nil {
+		return fmt.Errorf("readmodels: put activation tokens: %w", classify(err))
+	}
+	return nil
+}
+
+// auditValues appends the column values (auditColumns) of r as InsertAudit
+// writes them.
+func auditValues(a []any, r *AuditRecord) []any {
+	var userID any
+	if r.UserID != nil {
+		userID = r.UserID.String()
+	}
+	details, meta := string(r.Details), string(r.Metadata)
+	if details == "" {
+		details = "{}"
+	}
+	if meta == "" {
+		meta = "{}"
+	}
+	return append(a, r.EventID.String(), r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
+		r.Resource, r.ResourceID, details, meta, micros(r.OccurredAt),
+		int64(r.Position.Commit), int64(r.Position.Prepare))
+}
+
+var auditColumnNames = []string{"event_id", "event_type", "aggregate_id", "aggregate_type", "user_id", "actor_id", "action",
+	"resource", "resource_id", "details", "metadata", "occurred_at", "pos_commit", "pos_prepare"}
+
+// InsertAudit adds audit records as InsertAudit does each. Into a shadow
+// table on PostgreSQL it copies them (COPY), which fails on a record already
+// there (same event id or position) rather than leaving it out.
+func (b *Bulk) InsertAudit(rs []AuditRecord) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	if shadow, ok := b.tx.shadows["audit"]; ok && b.conn != nil {
+		if err := b.copyAudit(shadow, rs); err != nil {
+			return fmt.Errorf("readmodels: copy audit: %w", classify(err))
+		}
+		return nil
+	}
+	err := b.writeRows("audit", auditColumns, 14, `ON CONFLICT DO NOTHING`, len(rs), func(a []any, i int) []any {
+		return auditValues(a, &rs[i])
+	})
+	if err != nil {
+		return fmt.Errorf("readmodels: insert audit: %w", classify(err))
+	}
+	return nil
+}
+
+func (b *Bulk) copyAudit(table string, rs []AuditRecord) error {
+	return b.conn.Raw(func(dc any) error {
+		c, err := pgxConn(dc)
+		if err != nil {
+			return err
+		}
+		row := make([]any, 0, len(auditColumnNames))
+		_, err = c.CopyFrom(b.tx.ctx, pgx.Identifier{table}, auditColumnNames,
+			pgx.CopyFromFunc(func() ([]any, error) {
+				if len(rs) == 0 {
+					return nil, nil
+				}
+				clear(row)
+				row = auditValues(row[:0], &rs[0])
+				rs = rs[1:]
+				return row, nil
+			}))
+		return err
+	})
+}
