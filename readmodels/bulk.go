@@ -3,10 +3,12 @@ package readmodels
 import (
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -26,6 +28,7 @@ type Replay struct {
 	pending []string           // met in the current transaction, not yet in stmts
 	texts   map[textKey]string // statement texts by what they do
 	args    []any              // reused between statements
+	buf     []byte             // reused between statements
 }
 
 type textKey struct {
@@ -68,6 +71,15 @@ func (r *Replay) Update(ctx context.Context, fn func(*Bulk) error) error {
 		}
 		defer conn.Close()
 		sqlTx, err = conn.BeginTx(ctx, nil)
+		if err == nil {
+			// pgx prepares the statements; after a few runs PostgreSQL
+			// would plan them once for good, while the shadow tables were
+			// nearly empty (a sequential scan), and every batch would then
+			// scan them whole: the replay would slow down as it went.
+			if _, err = sqlTx.ExecContext(ctx, `SET LOCAL plan_cache_mode = force_custom_plan`); err != nil {
+				_ = sqlTx.Rollback()
+			}
+		}
 	} else {
 		sqlTx, err = r.s.write.BeginTx(ctx, nil)
 	}
@@ -466,9 +478,14 @@ func (b *Bulk) InsertAudit(rs []AuditRecord) error {
 		}
 		return nil
 	}
-	err := b.writeRows("audit", auditColumns, 14, `ON CONFLICT DO NOTHING`, len(rs), func(a []any, i int) []any {
-		return auditValues(a, &rs[i])
-	})
+	var err error
+	if b.tx.dialect == DialectSQLite && b.tx.shadows == nil {
+		err = b.insertAuditJSON(rs)
+	} else {
+		err = b.writeRows("audit", auditColumns, 14, `ON CONFLICT DO NOTHING`, len(rs), func(a []any, i int) []any {
+			return auditValues(a, &rs[i])
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("readmodels: insert audit: %w", classify(err))
 	}
@@ -494,4 +511,108 @@ func (b *Bulk) copyAudit(table string, rs []AuditRecord) error {
 			}))
 		return err
 	})
+}
+
+// auditFromJSON inserts the audit rows of a JSON array of arrays (values in
+// auditColumns order) on SQLite: one argument for a whole batch, where
+// binding fourteen per row cost most of the replay's allocations.
+const auditFromJSON = `INSERT INTO audit (` + auditColumns + `)
+	SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6,
+		value->>7, value->>8, value->>9, value->>10, value->>11, value->>12, value->>13
+	FROM json_each($1) WHERE true
+	ON CONFLICT DO NOTHING`
+
+func (b *Bulk) insertAuditJSON(rs []AuditRecord) error {
+	buf := append(b.r.buf[:0], '[')
+	for i := range rs {
+		r := &rs[i]
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '[', '"')
+		buf = appendUUID(buf, r.EventID)
+		buf = append(buf, '"', ',')
+		buf = appendJSONString(buf, r.EventType)
+		buf = append(buf, ',')
+		buf = appendJSONString(buf, r.AggregateID)
+		buf = append(buf, ',')
+		buf = appendJSONString(buf, r.AggregateType)
+		if r.UserID != nil {
+			buf = append(buf, ',', '"')
+			buf = appendUUID(buf, *r.UserID)
+			buf = append(buf, '"')
+		} else {
+			buf = append(buf, ",null"...)
+		}
+		for _, v := range [...]string{r.ActorID, r.Action, r.Resource, r.ResourceID} {
+			buf = append(buf, ',')
+			buf = appendJSONString(buf, v)
+		}
+		for _, v := range [...][]byte{r.Details, r.Metadata} {
+			buf = append(buf, ',')
+			if len(v) == 0 {
+				buf = append(buf, `"{}"`...)
+			} else {
+				buf = appendJSONString(buf, v)
+			}
+		}
+		buf = append(buf, ',')
+		buf = strconv.AppendInt(buf, micros(r.OccurredAt), 10)
+		buf = append(buf, ',')
+		buf = strconv.AppendInt(buf, int64(r.Position.Commit), 10)
+		buf = append(buf, ',')
+		buf = strconv.AppendInt(buf, int64(r.Position.Prepare), 10)
+		buf = append(buf, ']')
+	}
+	buf = append(buf, ']')
+	b.r.buf = buf
+	// The driver copies a text argument into SQLite while it binds it, and
+	// buf is not touched until the statement has run: no copy of the batch
+	// on the Go heap is needed. (A []byte would bind as a BLOB, which
+	// SQLite's JSON functions read as JSONB.)
+	arg := unsafe.String(unsafe.SliceData(buf), len(buf))
+	b.r.args = append(b.r.args[:0], arg)
+	err := b.exec(auditFromJSON, b.r.args)
+	clear(b.r.args)
+	return err
+}
+
+// appendUUID appends id in its canonical text form, as uuid.UUID.String.
+func appendUUID(dst []byte, id uuid.UUID) []byte {
+	var t [36]byte
+	hex.Encode(t[0:8], id[0:4])
+	t[8] = '-'
+	hex.Encode(t[9:13], id[4:6])
+	t[13] = '-'
+	hex.Encode(t[14:18], id[6:8])
+	t[18] = '-'
+	hex.Encode(t[19:23], id[8:10])
+	t[23] = '-'
+	hex.Encode(t[24:], id[10:])
+	return append(dst, t[:]...)
+}
+
+// appendJSONString appends s as a JSON string that reads back as exactly s:
+// quotes, backslashes and control characters escaped, every other byte as
+// it is.
+func appendJSONString[T string | []byte](dst []byte, s T) []byte {
+	const hexDigits = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		}
+		start = i + 1
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
