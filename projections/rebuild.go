@@ -21,6 +21,11 @@ const maxSwitchAttempts = 10
 // reactor, so a replay has no side effects. Each projection must be Tabled.
 // It returns ctx.Err() when ctx ended first.
 //
+// The projections of this package are replayed together: the log is read
+// once, each event decoded once, and each batch folded in memory into the
+// rows it changes, written once each (readmodels.Replay). Other projections
+// are replayed event by event, each reading the log itself.
+//
 // On PostgreSQL it rebuilds without downtime, beside running Runners (of
 // this or other processes): each projection is replayed into shadow tables
 // (readmodels.Shadow) while the live ones keep serving, then the shadow is
@@ -69,8 +74,9 @@ func rebuildInPlace(ctx context.Context, r *Runner, ps []Projection) error {
 }
 
 // replayBatch is how many events a replay reads, and writes in one
-// transaction. It bounds the replay's memory.
-const replayBatch = 1000
+// transaction. It bounds the replay's memory. (A variable only so that the
+// tests can make batches small.)
+var replayBatch = 1000
 
 // target is a projection a replay writes: its checkpoint key, its folder,
 // and the shadow its rows go to (nil: the live tables).
@@ -163,9 +169,11 @@ func replay(ctx context.Context, r *Runner, targets []target) error {
 				ps[i] = w.proj
 			}
 			one := NewRunner(until{Source: r.src, last: last}, r.rm, ps, r.opts)
+			var wg sync.WaitGroup
 			for _, w := range one.workers {
-				one.run(ctx, w, true)
+				wg.Go(func() { one.run(ctx, w, true) })
 			}
+			wg.Wait()
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}

@@ -231,3 +231,42 @@ func TestConcurrentRebuildsTakeTurns(t *testing.T) {
 	_, left := indexNames(t, e.url)
 	assert.Empty(t, left)
 }
+
+// An event that does not decode is parked by the live Runner; a rebuild
+// applies its batch event by event and parks it too, and the tables,
+// checkpoints and parked events equal the live ones.
+func TestRebuildParksWhatLiveParks(t *testing.T) { eachDialect(t, testRebuildParksWhatLiveParks) }
+
+func testRebuildParksWhatLiveParks(t *testing.T, dialect string) {
+	ctx := context.Background()
+	e := newEnv(t, dialect)
+	r, stop := e.start(t, projections.All(), fast(1))
+	e.workload(t, 2)
+	bad := uuid.New()
+	_, err := e.es.Append(ctx, eventstore.AppendRequest{Stream: userStream(bad), Expected: eventstore.Any,
+		Events: []eventstore.EventData{{ID: uuid.Must(uuid.NewV7()), Type: user.TypeCreated, Data: []byte(`{"user_id": 5}`),
+			Metadata: []byte(`{"schema_version": 1}`)}}})
+	require.NoError(t, err)
+	last := e.workload(t, 2)
+	waitFor(t, r, last)
+	live := e.dump(t)
+	stop()
+	parkedIDs := func() []string {
+		ps, err := e.rm.Parked(ctx)
+		require.NoError(t, err)
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.Projection+" "+p.EventID+" "+p.Position.String()+" "+p.EventType+" "+p.Error)
+		}
+		return out
+	}
+	liveParked := parkedIDs()
+	require.Len(t, liveParked, 3, "users, activation_tokens and audit park it")
+
+	require.NoError(t, projections.Rebuild(ctx, e.es, e.rm, projections.All()))
+	assert.Equal(t, live, e.dump(t))
+	assert.Equal(t, liveParked, parkedIDs())
+	for _, p := range projections.All() {
+		assert.Equal(t, last, checkpoint(t, e, p.Name()), p.Name())
+	}
+}
