@@ -369,3 +369,24 @@ func TestWaitForOnAStandbyInstance(t *testing.T) {
 		assert.False(t, s.Position.IsZero(), "%s: what the standby saw", s.Name)
 	}
 }
+
+// The leader's NOTIFY is sent after its commit, so a crash between the two
+// loses it: a standby's WaitFor still returns, on its fallback poll.
+func TestWaitForOnAStandbyWithoutNotifications(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, readmodels.DialectPostgres)
+	a, b := e.instance(t, ""), e.instance(t, "")
+	require.NoError(t, a.Close()) // its notifier is gone: its commits notify nobody
+	ra, _ := e.startOn(t, a, projections.All(), instanceOpts(t, a))
+	require.Eventually(t, func() bool { return allIn(ra, true) }, 10*time.Second, 10*time.Millisecond)
+	rb, _ := e.startOn(t, b, projections.All(), instanceOpts(t, b))
+	require.Eventually(t, func() bool { return allIn(rb, false) && b.Listening() }, 10*time.Second, 10*time.Millisecond)
+
+	id := uuid.New()
+	pos := e.register(t, id, id.String()+"@x.org")
+	began := time.Now()
+	waitFor(t, rb, pos)
+	assert.Less(t, time.Since(began), 3*time.Second)
+	_, err := b.User(context.Background(), id)
+	require.NoError(t, err, "read your writes on the standby")
+}

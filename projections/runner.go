@@ -277,14 +277,20 @@ func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
 	return r.waitFor(ctx, names, pos)
 }
 
-// pollInterval is how often waiters read other processes' checkpoints while
-// no notification can tell them.
-const pollInterval = 250 * time.Millisecond
+// How often waiters read other processes' checkpoints: every pollInterval
+// while no notification can tell them, and every fallbackPoll while one can,
+// because the read models send their NOTIFY after the commit, so a crash
+// (or a failure) between the two loses it.
+const (
+	pollInterval = 250 * time.Millisecond
+	fallbackPoll = time.Second
+)
 
 // waitFor waits until the projections names have checkpointed pos. A
 // projection that runs here is read from memory; one that runs in another
 // process (leases) from its committed checkpoint, woken by the read models'
-// notifications, or every pollInterval while those cannot be heard.
+// notifications, or every pollInterval while those cannot be heard (and
+// every fallbackPoll in any case, for a notification that was lost).
 func (r *Runner) waitFor(ctx context.Context, names []string, pos eventstore.Position) error {
 	for {
 		stored := r.rm.CheckpointsChanged() // before reading, so no change is missed
@@ -303,7 +309,13 @@ func (r *Runner) waitFor(ctx context.Context, names []string, pos eventstore.Pos
 			}
 		}
 		r.mu.Unlock()
-		poll := len(remote) > 0 && !r.rm.Listening()
+		interval := time.Duration(0)
+		if len(remote) > 0 {
+			interval = fallbackPoll
+			if !r.rm.Listening() {
+				interval = pollInterval
+			}
+		}
 		for _, name := range remote {
 			if !done {
 				break
@@ -313,7 +325,7 @@ func (r *Runner) waitFor(ctx context.Context, names []string, pos eventstore.Pos
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				done, poll = false, true
+				done, interval = false, pollInterval
 				break
 			}
 			r.seen(name, cp)
@@ -326,8 +338,8 @@ func (r *Runner) waitFor(ctx context.Context, names []string, pos eventstore.Pos
 			tick  <-chan time.Time
 			timer *time.Timer
 		)
-		if poll {
-			timer = time.NewTimer(pollInterval)
+		if interval > 0 {
+			timer = time.NewTimer(interval)
 			tick = timer.C
 		}
 		select {

@@ -148,3 +148,69 @@ func discard(conn *sql.Conn) {
 	})
 	_ = conn.Close() // already closed by the ErrBadConn above; nothing left to report
 }
+
+// notifyTimeout bounds one NOTIFY of the notifier.
+const notifyTimeout = 5 * time.Second
+
+// notifyOthers has the notifier tell the other processes that a checkpoint
+// moved; on SQLite there are none. It never blocks: a NOTIFY already due
+// covers this commit too, so one NOTIFY is sent for all the commits that
+// happened while the previous one was on its way.
+func (s *Store) notifyOthers() {
+	if s.dialect != DialectPostgres {
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	if !s.notifying {
+		s.notifying = true
+		go s.notifier()
+	}
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default: // one is due already
+	}
+}
+
+// notifier sends one NOTIFY per wake-up, outside any transaction, on a
+// pooled connection of the write pool, until Close. A NOTIFY that fails or
+// is lost (a crash after the commit) only delays the other processes'
+// waiters: they re-read the checkpoints on a fallback poll. So its error is
+// dropped here; there is nobody to return it to.
+func (s *Store) notifier() {
+	defer close(s.stopped)
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-s.kick:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
+		_, _ = s.write.ExecContext(ctx, `SELECT pg_notify(`+channelExpr+`, '')`)
+		cancel()
+	}
+}
+
+// Close stops the Store's notifier and waits for it. It does not close the
+// pools, which belong to the caller; call it before closing them. Calling it
+// twice is harmless; after it, commits still wake this process's waiters
+// but no longer notify other processes.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	running := s.notifying
+	s.mu.Unlock()
+	close(s.quit)
+	if running {
+		<-s.stopped
+	}
+	return nil
+}

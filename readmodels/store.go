@@ -40,6 +40,14 @@ type Store struct {
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced when a checkpoint may have moved
 	listening int           // running Listen sessions that are subscribed
+
+	// The notifier (PostgreSQL): one goroutine that sends a checkpoint
+	// NOTIFY after commits, started by the first one and stopped by Close.
+	kick      chan struct{} // capacity 1: a NOTIFY is due
+	quit      chan struct{} // closed by Close
+	notifying bool          // the notifier runs (guarded by mu)
+	closed    bool          // Close was called (guarded by mu)
+	stopped   chan struct{} // closed when the notifier has returned
 }
 
 // Option changes how a Store behaves; none is required.
@@ -71,7 +79,8 @@ func Open(ctx context.Context, dialect string, write, read *sql.DB, opts ...Opti
 	if write == nil || read == nil {
 		return nil, errors.New("readmodels: write and read pools are required")
 	}
-	s := &Store{dialect: dialect, write: write, read: read, now: time.Now, idemLease: 15 * time.Second, changed: make(chan struct{})}
+	s := &Store{dialect: dialect, write: write, read: read, now: time.Now, idemLease: 15 * time.Second, changed: make(chan struct{}),
+		kick: make(chan struct{}, 1), quit: make(chan struct{}), stopped: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
@@ -128,6 +137,7 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	}
 	if tx.checkpointed {
 		s.broadcast()
+		s.notifyOthers()
 	}
 	return nil
 }

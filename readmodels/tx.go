@@ -236,17 +236,14 @@ func (tx *Tx) AdvanceCheckpoint(name string, from, to eventstore.Position) error
 	return tx.notify(name, to)
 }
 
-// notify tells the waiters of every process that name moved to pos. On
-// PostgreSQL it is a NOTIFY on the schema's channel, sent at commit and
-// dropped on rollback; on SQLite Update wakes this process's waiters.
-func (tx *Tx) notify(name string, pos eventstore.Position) error {
+// notify records that the transaction wrote name's checkpoint, so that
+// Update wakes this process's waiters after the commit and, on PostgreSQL,
+// has the Store's notifier tell the other processes (Store.notifyOthers).
+// Nothing is sent inside the transaction: a NOTIFY there takes a
+// cluster-wide lock that is held until the commit is flushed, which
+// serialises every commit on the server.
+func (tx *Tx) notify(string, eventstore.Position) error {
 	tx.checkpointed = true
-	if tx.dialect != DialectPostgres {
-		return nil
-	}
-	if _, err := tx.tx.ExecContext(tx.ctx, `SELECT pg_notify(`+channelExpr+`, $1)`, name+" "+pos.String()); err != nil {
-		return fmt.Errorf("readmodels: notify checkpoint %s: %w", name, classify(err))
-	}
 	return nil
 }
 

@@ -104,6 +104,7 @@ func (s *stores) openEmbedded(ctx context.Context, cfg Config, exclusive bool) e
 	if s.rm, err = readmodels.Open(ctx, readmodels.DialectSQLite, db.Write, db.Read, cfg.readModelOptions()...); err != nil {
 		return fmt.Errorf("read models: %w", err)
 	}
+	s.close = append(s.close, s.rm.Close)
 	s.ping = db.Read.PingContext
 	return nil
 }
@@ -154,6 +155,7 @@ func (s *stores) openPostgres(ctx context.Context, cfg Config) error {
 	if s.rm, err = readmodels.Open(ctx, readmodels.DialectPostgres, db, db, cfg.readModelOptions()...); err != nil {
 		return fmt.Errorf("read models: %w", err)
 	}
+	s.close = append(s.close, s.rm.Close) // its notifier, before the pool closes
 	if s.leases, err = s.rm.Leases(readmodels.LeaseOptions{}); err != nil {
 		return fmt.Errorf("leases: %w", err)
 	}
