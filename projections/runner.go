@@ -160,6 +160,7 @@ type worker struct {
 // NewRunner, then call Run once.
 type Runner struct {
 	src     Source
+	feed    *feed
 	rm      *readmodels.Store
 	opts    Options
 	log     *slog.Logger
@@ -175,6 +176,8 @@ type Runner struct {
 func NewRunner(src Source, rm *readmodels.Store, ps []Projection, opts Options) *Runner {
 	opts = opts.withDefaults()
 	r := &Runner{src: src, rm: rm, opts: opts, log: opts.Logger, changed: make(chan struct{})}
+	r.feed = &feed{src: src, limit: opts.BatchSize, flights: map[eventstore.Position]*flight{},
+		keep: 2*(len(ps)+len(opts.Reactors)) + 2}
 	for _, p := range ps {
 		r.workers = append(r.workers, &worker{name: p.Name(), kind: KindProjection, proj: p})
 	}
@@ -480,7 +483,15 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 	}
 	var outage int
 	for ctx.Err() == nil {
-		evs, err := r.src.ReadAll(ctx, pos, r.opts.BatchSize)
+		var (
+			evs []eventstore.RecordedEvent
+			err error
+		)
+		if toHead {
+			evs, err = r.src.ReadAll(ctx, pos, r.opts.BatchSize)
+		} else {
+			evs, err = r.feed.next(ctx, pos)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return false
@@ -494,11 +505,7 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 			if toHead {
 				return false
 			}
-			if err := r.src.Wait(ctx, pos); err != nil && ctx.Err() == nil {
-				outage++
-				r.unavailable(ctx, w, "wait for the log", pos, err, outage)
-			}
-			continue
+			continue // the feed has waited for the log
 		}
 		if w.proj != nil {
 			err = r.project(ctx, w, pos, evs)
@@ -765,4 +772,99 @@ func transient(err error) bool {
 		errors.Is(err, driver.ErrBadConn) ||
 		errors.Is(err, sql.ErrConnDone) ||
 		errors.Is(err, context.DeadlineExceeded)
+}
+
+// feed shares the reads of the log among a Runner's workers: workers at the
+// same position (the usual case: every worker at the head, woken by the same
+// append) get one ReadAll between them, and a worker that reaches a position
+// shortly after the others gets their batch from a small cache instead of
+// reading it again. A worker elsewhere (catching up, or back from a lease)
+// reads on its own through the same path, and shares its reads with any
+// worker that follows it. Batches are never changed by their readers.
+//
+// A batch read from p stays right for p forever: the log after p only
+// grows at its end (the stores' ReadAll never returns an event before one it
+// returned earlier), so a cached short batch is a prefix of what a new read
+// would return, and the worker reads the rest from the batch's end.
+type feed struct {
+	src   Source
+	limit int
+	keep  int // how many recent batches the cache holds
+
+	mu      sync.Mutex
+	cache   []cached // non-empty batches, oldest first
+	flights map[eventstore.Position]*flight
+}
+
+type cached struct {
+	from eventstore.Position
+	evs  []eventstore.RecordedEvent
+}
+
+// flight is one read of the log in progress, which every worker asking for
+// the same position waits for.
+type flight struct {
+	done chan struct{}
+	evs  []eventstore.RecordedEvent
+	err  error
+	// abandoned is set when the reader's ctx ended: its error is not the
+	// others', who read again.
+	abandoned bool
+}
+
+// next returns up to limit events after pos. When the log has none, it
+// waits for the log (Source.Wait, which may return early) and returns no
+// events and no error: call it again. It returns the error of the read or
+// of the wait, or ctx.Err().
+func (f *feed) next(ctx context.Context, pos eventstore.Position) ([]eventstore.RecordedEvent, error) {
+	for {
+		f.mu.Lock()
+		for _, c := range f.cache {
+			if c.from == pos {
+				f.mu.Unlock()
+				return c.evs, nil
+			}
+		}
+		if fl, ok := f.flights[pos]; ok {
+			f.mu.Unlock()
+			select {
+			case <-fl.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if fl.abandoned {
+				continue
+			}
+			return fl.evs, fl.err
+		}
+		fl := &flight{done: make(chan struct{})}
+		f.flights[pos] = fl
+		f.mu.Unlock()
+
+		fl.evs, fl.err = f.read(ctx, pos)
+		fl.abandoned = ctx.Err() != nil
+		f.mu.Lock()
+		delete(f.flights, pos)
+		if fl.err == nil && len(fl.evs) > 0 {
+			if len(f.cache) >= f.keep {
+				f.cache = append(f.cache[:0], f.cache[1:]...)
+			}
+			f.cache = append(f.cache, cached{from: pos, evs: fl.evs})
+		}
+		f.mu.Unlock()
+		close(fl.done)
+		return fl.evs, fl.err
+	}
+}
+
+// read reads once, and waits for the log when that found nothing.
+func (f *feed) read(ctx context.Context, pos eventstore.Position) ([]eventstore.RecordedEvent, error) {
+	evs, err := f.src.ReadAll(ctx, pos, f.limit)
+	if err != nil || len(evs) > 0 {
+		return evs, err
+	}
+	if err := f.src.Wait(ctx, pos); err != nil {
+		return nil, fmt.Errorf("wait for the log: %w", err)
+	}
+	return nil, nil
 }

@@ -478,3 +478,72 @@ func testRunRejectsMisconfiguration(t *testing.T, dialect string) {
 		projections.Options{Reactors: []projections.Reactor{w}}).Run(ctx)
 	assert.ErrorContains(t, err, "sessions")
 }
+
+// countingSource is the real event store, counting the reads that returned
+// events.
+type countingSource struct {
+	projections.Source
+	reads atomic.Int64
+}
+
+func (c *countingSource) ReadAll(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
+	evs, err := c.Source.ReadAll(ctx, after, limit)
+	if len(evs) > 0 {
+		c.reads.Add(1)
+	}
+	return evs, err
+}
+
+// startWith runs a Runner on src instead of the event store itself.
+func (e *env) startWith(t *testing.T, src projections.Source, ps []projections.Projection, opts projections.Options) *projections.Runner {
+	t.Helper()
+	r := projections.NewRunner(src, e.rm, ps, opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return r
+}
+
+// Every worker at the head gets each batch from one read of the log, not
+// one read per worker.
+func TestWorkersShareTheirReadsOfTheLog(t *testing.T) {
+	eachDialect(t, testWorkersShareTheirReadsOfTheLog)
+}
+
+func testWorkersShareTheirReadsOfTheLog(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
+	src := &countingSource{Source: e.es}
+	var handled atomic.Int64
+	opts := fast(5)
+	opts.Reactors = []projections.Reactor{countingReactor{&handled}}
+	r := e.startWith(t, src, projections.All(), opts)
+
+	const commands = 20
+	var last eventstore.Position
+	for range commands {
+		id := uuid.New()
+		last = e.register(t, id, id.String()+"@x.org")
+		waitFor(t, r, last)
+	}
+	require.Eventually(t, func() bool {
+		for _, s := range r.Status() {
+			if s.Position != last {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, int64(e.events(t)), handled.Load(), "the reactor saw every event once")
+	// Five workers read every batch themselves before: at least 5 × 20.
+	assert.LessOrEqual(t, src.reads.Load(), int64(commands+5), "reads of the log that returned events")
+	assert.Equal(t, 20, len(e.dump(t)["users"]))
+}
