@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -161,6 +162,7 @@ type worker struct {
 type Runner struct {
 	src     Source
 	feed    *feed
+	group   *group // nil unless the projections share transactions (grouped)
 	rm      *readmodels.Store
 	opts    Options
 	log     *slog.Logger
@@ -178,6 +180,9 @@ func NewRunner(src Source, rm *readmodels.Store, ps []Projection, opts Options) 
 	r := &Runner{src: src, rm: rm, opts: opts, log: opts.Logger, changed: make(chan struct{})}
 	r.feed = &feed{src: src, limit: opts.BatchSize, flights: map[eventstore.Position]*flight{},
 		keep: 2*(len(ps)+len(opts.Reactors)) + 2}
+	if rm.Dialect() == readmodels.DialectSQLite && opts.Leases == nil {
+		r.group = &group{wake: make(chan struct{}, 1)}
+	}
 	for _, p := range ps {
 		r.workers = append(r.workers, &worker{name: p.Name(), kind: KindProjection, proj: p})
 	}
@@ -232,6 +237,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.opts.Leases != nil {
 		// Some workers may run elsewhere: hear their checkpoints.
 		wg.Go(func() { r.listen(ctx) })
+	}
+	if r.group != nil {
+		wg.Go(func() { r.runGroup(ctx) })
 	}
 	for _, w := range r.workers {
 		wg.Go(func() { r.run(ctx, w, false) })
@@ -482,7 +490,21 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 		return false
 	}
 	var outage int
+	// solo is set while a grouped projection works on its own: the group
+	// let it go after a failure, and it retries (and parks) by itself until
+	// a short batch says it is back at the head.
+	solo := false
 	for ctx.Err() == nil {
+		if r.group != nil && w.proj != nil && !toHead && !solo {
+			var moved bool
+			if pos, moved = r.join(ctx, w, pos); moved {
+				return true
+			}
+			if ctx.Err() != nil {
+				return false
+			}
+			solo = true
+		}
 		var (
 			evs []eventstore.RecordedEvent
 			err error
@@ -505,6 +527,7 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 			if toHead {
 				return false
 			}
+			solo = false
 			continue // the feed has waited for the log
 		}
 		if w.proj != nil {
@@ -524,6 +547,9 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 		pos = evs[len(evs)-1].Position
 		if toHead && len(evs) < r.opts.BatchSize {
 			return false // a short read: at the head, or as near as a replay beside appends gets
+		}
+		if len(evs) < r.opts.BatchSize {
+			solo = false // at the head again: back to the group
 		}
 	}
 	return false
@@ -867,4 +893,217 @@ func (f *feed) read(ctx context.Context, pos eventstore.Position) ([]eventstore.
 		return nil, fmt.Errorf("wait for the log: %w", err)
 	}
 	return nil, nil
+}
+
+// group applies each batch to every projection in one read-model
+// transaction, each projection still moving its own checkpoint in it. It is
+// used on SQLite, whose one write connection would otherwise commit (and
+// fsync) once per projection per batch, queueing with the appends; on
+// PostgreSQL every projection keeps its own transaction, since leases may
+// run them in different processes.
+//
+// A projection joins the group with its checkpoint and stays in it while
+// its batches succeed. When its Apply fails, the group commits the others
+// without it and lets it go: it then works on its own, through the retries
+// and parking of project, until a short batch says it is back at the head,
+// and joins again.
+type group struct {
+	wake chan struct{} // capacity 1: a projection joined
+
+	mu      sync.Mutex
+	members []*member
+	at      eventstore.Position // where the group reads, while reading
+	reading bool
+	cancel  context.CancelFunc // ends the group's read, while reading
+}
+
+// member is a projection in the group; pos is its checkpoint.
+type member struct {
+	w   *worker
+	pos eventstore.Position // guarded by group.mu
+	out chan letGo          // capacity 1
+}
+
+// letGo is what a projection the group let go of is told.
+type letGo struct {
+	pos   eventstore.Position
+	moved bool // its checkpoint moved under it (ErrCheckpointMoved)
+}
+
+// join hands w, checkpointed at pos, to the group and blocks until the
+// group lets it go (then it returns w's checkpoint and whether it moved
+// under it) or ctx ends.
+func (r *Runner) join(ctx context.Context, w *worker, pos eventstore.Position) (eventstore.Position, bool) {
+	g := r.group
+	m := &member{w: w, pos: pos, out: make(chan letGo, 1)}
+	g.mu.Lock()
+	g.members = append(g.members, m)
+	if g.reading && pos.Less(g.at) {
+		g.cancel() // it waits for events after g.at; this one needs earlier ones
+	}
+	g.mu.Unlock()
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case l := <-m.out:
+		return l.pos, l.moved
+	case <-ctx.Done():
+		g.mu.Lock()
+		g.members = slices.DeleteFunc(g.members, func(o *member) bool { return o == m })
+		g.mu.Unlock()
+		return pos, false
+	}
+}
+
+// letGo takes m out of the group and tells its worker.
+func (g *group) letGo(m *member, moved bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.members = slices.DeleteFunc(g.members, func(o *member) bool { return o == m })
+	m.out <- letGo{pos: m.pos, moved: moved}
+}
+
+// runGroup reads the log for the group's projections, from the lowest of
+// their checkpoints, and applies each batch, until ctx ends.
+func (r *Runner) runGroup(ctx context.Context) {
+	g := r.group
+	var outage int
+	for ctx.Err() == nil {
+		g.mu.Lock()
+		if len(g.members) == 0 {
+			g.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-g.wake:
+			}
+			continue
+		}
+		at := g.members[0].pos
+		for _, m := range g.members[1:] {
+			if m.pos.Less(at) {
+				at = m.pos
+			}
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		g.at, g.reading, g.cancel = at, true, cancel
+		g.mu.Unlock()
+		evs, err := r.feed.next(rctx, at)
+		g.mu.Lock()
+		g.reading = false
+		g.mu.Unlock()
+		joined := rctx.Err() != nil
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case joined:
+			continue // a projection joined behind at: read from it
+		case err != nil:
+			outage++
+			r.groupUnavailable(ctx, "read the log", at, err, outage)
+			continue
+		}
+		outage = 0
+		if len(evs) > 0 {
+			r.applyGroup(ctx, at, evs)
+		}
+	}
+}
+
+// part is one projection's share of a group batch.
+type part struct {
+	m        *member
+	from, to eventstore.Position
+	evs      []eventstore.RecordedEvent
+}
+
+// partError is the failure of one part of a group transaction.
+type partError struct {
+	part int
+	err  error
+}
+
+func (e *partError) Error() string { return e.err.Error() }
+func (e *partError) Unwrap() error { return e.err }
+
+// applyGroup applies evs, read from at, to every member whose checkpoint
+// they pass, in one transaction. A member that fails is let go and the rest
+// are committed without it; a failure of the database is retried without
+// end.
+func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []eventstore.RecordedEvent) {
+	g := r.group
+	var parts []part
+	g.mu.Lock()
+	for _, m := range g.members {
+		if m.pos.Less(at) {
+			continue // joined during the read; the next batch starts at it
+		}
+		i := 0
+		for i < len(evs) && !m.pos.Less(evs[i].Position) {
+			i++
+		}
+		if i < len(evs) {
+			parts = append(parts, part{m: m, from: m.pos, to: evs[len(evs)-1].Position, evs: evs[i:]})
+		}
+	}
+	g.mu.Unlock()
+	var outage int
+	for len(parts) > 0 {
+		err := r.rm.Update(ctx, func(tx *readmodels.Tx) error {
+			for i, p := range parts {
+				for j, ev := range p.evs {
+					if err := p.m.w.proj.Apply(tx, ev); err != nil {
+						return &partError{part: i, err: &applyError{index: j, err: err}}
+					}
+				}
+				if err := tx.AdvanceCheckpoint(p.m.w.name, p.from, p.to); err != nil {
+					return &partError{part: i, err: err}
+				}
+			}
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		var pe *partError
+		switch {
+		case err == nil:
+			g.mu.Lock()
+			for _, p := range parts {
+				p.m.pos = p.to
+			}
+			g.mu.Unlock()
+			for _, p := range parts {
+				r.advance(p.m.w, p.to, 0)
+			}
+			return
+		case errors.As(err, &pe) && (errors.Is(pe.err, readmodels.ErrCheckpointMoved) || !transient(pe.err)):
+			// The projection failed, not the database: the others go on
+			// without it, and it retries (and parks) on its own.
+			p := parts[pe.part]
+			parts = slices.Delete(parts, pe.part, pe.part+1)
+			r.failed(p.m.w, pe.err)
+			r.log.Warn("projections: apply failed in the shared transaction; retrying on its own",
+				"projection", p.m.w.name, "position", p.from.String(), "err", pe.err)
+			g.letGo(p.m, errors.Is(pe.err, readmodels.ErrCheckpointMoved))
+		default:
+			outage++
+			r.groupUnavailable(ctx, "write the read models", parts[0].evs[0].Position, err, outage)
+		}
+	}
+}
+
+// groupUnavailable is unavailable for the whole group.
+func (r *Runner) groupUnavailable(ctx context.Context, what string, pos eventstore.Position, err error, attempt int) {
+	g := r.group
+	g.mu.Lock()
+	for _, m := range g.members {
+		r.failed(m.w, err)
+	}
+	g.mu.Unlock()
+	r.log.Warn("projections: cannot "+what+"; retrying",
+		"projection", "(all)", "position", pos.String(), "attempt", attempt, "err", err)
+	r.sleep(ctx, attempt)
 }

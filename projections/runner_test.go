@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"modernc.org/sqlite"
 
 	"evident/domain/session"
 	"evident/domain/user"
@@ -546,4 +547,99 @@ func testWorkersShareTheirReadsOfTheLog(t *testing.T, dialect string) {
 	// Five workers read every batch themselves before: at least 5 × 20.
 	assert.LessOrEqual(t, src.reads.Load(), int64(commands+5), "reads of the log that returned events")
 	assert.Equal(t, 20, len(e.dump(t)["users"]))
+}
+
+// countCommits counts the commits of the SQLite write connection (events and
+// read models share it) from now on.
+func countCommits(t *testing.T, e *env) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	conn, err := e.db.Write.Conn(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, conn.Raw(func(dc any) error {
+		dc.(sqlite.HookRegisterer).RegisterCommitHook(func() int32 { n.Add(1); return 0 })
+		return nil
+	}))
+	require.NoError(t, conn.Close())
+	return &n
+}
+
+// On SQLite one batch of every projection commits once: one transaction
+// (one fsync) per command on the read side, not one per projection.
+func TestSQLiteProjectionsShareOneTransactionPerBatch(t *testing.T) {
+	e := newEnv(t, readmodels.DialectSQLite)
+	r, _ := e.start(t, projections.All(), fast(5))
+	waitFor(t, r, e.register(t, uuid.New(), "first@x.org"))
+	commits := countCommits(t, e)
+
+	const commands = 20
+	for range commands {
+		id := uuid.New()
+		waitFor(t, r, e.register(t, id, id.String()+"@x.org"))
+	}
+	readSide := commits.Load() - commands // one commit per append
+	// One transaction per projection made it 4 × 20.
+	assert.LessOrEqual(t, readSide, int64(commands+2), "read-model commits")
+	for _, name := range []string{projections.NameUsers, projections.NameSessions, projections.NameActivationTokens, projections.NameAudit} {
+		assert.Equal(t, e.last(t), checkpoint(t, e, name), name)
+	}
+}
+
+// last is the position of the newest event of the log.
+func (e *env) last(t *testing.T) eventstore.Position {
+	t.Helper()
+	evs := e.all(t)
+	require.NotEmpty(t, evs)
+	return evs[len(evs)-1].Position
+}
+
+// A projection whose Apply fails does not hold the others back, shared
+// transaction or not; once it succeeds it catches up, nothing lost or twice.
+func TestFailingProjectionDoesNotStopTheOthers(t *testing.T) {
+	eachDialect(t, testFailingProjectionDoesNotStopTheOthers)
+}
+
+func testFailingProjectionDoesNotStopTheOthers(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
+	var failing atomic.Bool
+	failing.Store(true)
+	audit := &flaky{Projection: projections.Audit(), fail: func(eventstore.RecordedEvent) error {
+		if failing.Load() {
+			return errors.New("audit is broken")
+		}
+		return nil
+	}}
+	opts := fast(1_000_000) // never parks here
+	r, _ := e.start(t, []projections.Projection{projections.Users(), projections.Sessions(), projections.ActivationTokens(), audit}, opts)
+
+	var last eventstore.Position
+	for range 5 {
+		id := uuid.New()
+		last = e.register(t, id, id.String()+"@x.org")
+	}
+	require.Eventually(t, func() bool {
+		for _, s := range r.Status() {
+			if s.Name != projections.NameAudit && s.Position != last {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 5*time.Millisecond, "the others reach the head")
+	assert.Len(t, e.dump(t)["users"], 5)
+	assert.True(t, checkpoint(t, e, projections.NameAudit).IsZero(), "audit moved nothing")
+	for _, s := range r.Status() {
+		if s.Name == projections.NameAudit {
+			assert.Contains(t, s.LastError, "audit is broken")
+		}
+	}
+
+	failing.Store(false)
+	waitFor(t, r, last)
+	assert.Equal(t, 5, auditCount(t, e), "every registration audited once")
+	id := uuid.New()
+	waitFor(t, r, e.register(t, id, id.String()+"@x.org"))
+	assert.Equal(t, 6, auditCount(t, e))
+	parked, err := e.rm.Parked(context.Background())
+	require.NoError(t, err)
+	assert.Empty(t, parked)
 }
