@@ -62,6 +62,12 @@ type Options struct {
 	// lost. Nil runs everything here, which is right for one process (on
 	// SQLite a file lock guarantees it). See StoreLeases.
 	Leases Leases
+	// ReactorCheckpointEvery is how often at most a reactor's checkpoint is
+	// stored while it handles events; in between it moves in memory only,
+	// and it is stored when the reactor parks an event and when it stops.
+	// Reactors are idempotent, so a crash only replays what they saw since.
+	// Default 1s.
+	ReactorCheckpointEvery time.Duration
 }
 
 // Leases hand out the right to run a projection or reactor (by name) to one
@@ -114,6 +120,9 @@ func (o Options) withDefaults() Options {
 		o.MaxRetryDelay = 30 * time.Second
 	}
 	o.MaxRetryDelay = max(o.MaxRetryDelay, o.RetryDelay)
+	if o.ReactorCheckpointEvery <= 0 {
+		o.ReactorCheckpointEvery = time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -278,6 +287,12 @@ func (r *Runner) listen(ctx context.Context) {
 // instance: a projection that runs in another process (Options.Leases) is
 // read from its committed checkpoint, woken by the read models'
 // notifications while Run is running. Call it while Run runs.
+//
+// Reactors are left out on purpose, here and in a Follower's After (which
+// may name projections only): a reactor stores its checkpoint lazily
+// (Options.ReactorCheckpointEvery), so its stored checkpoint may trail what
+// it has handled, and another instance could not wait on it. Projections
+// store theirs with every batch, so every instance can.
 func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
 	var names []string
 	for _, w := range r.workers {
@@ -489,6 +504,25 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 	if !ok {
 		return false
 	}
+	// A reactor's checkpoint is stored lazily: saved is what is stored, pos
+	// what it has handled (see Options.ReactorCheckpointEvery).
+	saved, savedAt := pos, time.Now()
+	if w.react != nil {
+		defer func() {
+			if saved != pos {
+				r.saveOnExit(ctx, w, saved, pos)
+			}
+		}()
+	}
+	// movedOn reports whether err says the checkpoint moved under the term;
+	// then the term stores nothing more, not even on its way out.
+	movedOn := func(err error) bool {
+		if errors.Is(err, readmodels.ErrCheckpointMoved) {
+			saved = pos
+			return true
+		}
+		return false
+	}
 	var outage int
 	// solo is set while a grouped projection works on its own: the group
 	// let it go after a failure, and it retries (and parks) by itself until
@@ -512,7 +546,21 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 		if toHead {
 			evs, err = r.src.ReadAll(ctx, pos, r.opts.BatchSize)
 		} else {
-			evs, err = r.feed.next(ctx, pos)
+			rctx, cancel := ctx, context.CancelFunc(func() {})
+			if saved != pos {
+				// Store the reactor's checkpoint in time even if the log stays quiet.
+				rctx, cancel = context.WithDeadline(ctx, savedAt.Add(r.opts.ReactorCheckpointEvery))
+			}
+			evs, err = r.feed.next(rctx, pos)
+			due := rctx.Err() != nil
+			cancel()
+			if due && ctx.Err() == nil {
+				if err := r.saveReactor(ctx, w, saved, pos); err != nil {
+					return movedOn(err)
+				}
+				saved, savedAt = pos, time.Now()
+				continue
+			}
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -533,9 +581,9 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 		if w.proj != nil {
 			err = r.project(ctx, w, pos, evs)
 		} else {
-			err = r.react(ctx, w, pos, evs)
+			saved, err = r.react(ctx, w, saved, evs)
 		}
-		if errors.Is(err, readmodels.ErrCheckpointMoved) {
+		if movedOn(err) {
 			r.failed(w, err)
 			r.log.Warn("projections: checkpoint moved by another process; batch abandoned",
 				"projection", w.name, "position", pos.String(), "err", err)
@@ -545,6 +593,12 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 			return false
 		}
 		pos = evs[len(evs)-1].Position
+		if w.react != nil && saved != pos && time.Since(savedAt) >= r.opts.ReactorCheckpointEvery {
+			if err := r.saveReactor(ctx, w, saved, pos); err != nil {
+				return movedOn(err)
+			}
+			saved, savedAt = pos, time.Now()
+		}
 		if toHead && len(evs) < r.opts.BatchSize {
 			return false // a short read: at the head, or as near as a replay beside appends gets
 		}
@@ -698,15 +752,18 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 	return nil
 }
 
-// react hands each event of a batch to a reactor, then moves its checkpoint
-// from from. It returns ErrCheckpointMoved when another process moved the
-// checkpoint, and otherwise an error only when ctx ended.
-func (r *Runner) react(ctx context.Context, w *worker, from eventstore.Position, evs []eventstore.RecordedEvent) error {
+// react hands each event of a batch to a reactor and moves its position in
+// memory; term stores it now and then. saved is the stored checkpoint; a
+// parked event is stored together with the checkpoint moved onto it, and
+// react returns the stored checkpoint after the batch. It returns
+// ErrCheckpointMoved when another process moved the checkpoint, and
+// otherwise an error only when ctx ended.
+func (r *Runner) react(ctx context.Context, w *worker, saved eventstore.Position, evs []eventstore.RecordedEvent) (eventstore.Position, error) {
 	parked := 0
 	for _, ev := range evs {
 		if len(w.after) > 0 {
 			if err := r.waitFor(ctx, w.after, ev.Position); err != nil {
-				return err
+				return saved, err
 			}
 		}
 		attempts, outage := 0, 0
@@ -716,7 +773,7 @@ func (r *Runner) react(ctx context.Context, w *worker, from eventstore.Position,
 				break
 			}
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return saved, ctx.Err()
 			}
 			r.failed(w, herr)
 			if transient(herr) {
@@ -733,11 +790,11 @@ func (r *Runner) react(ctx context.Context, w *worker, from eventstore.Position,
 					if err := tx.Park(pe); err != nil {
 						return err
 					}
-					return tx.AdvanceCheckpoint(w.name, from, ev.Position)
+					return tx.AdvanceCheckpoint(w.name, saved, ev.Position)
 				}); err != nil {
-					return err
+					return saved, err
 				}
-				from = ev.Position
+				saved = ev.Position
 				r.log.Error("projections: event parked",
 					"projection", w.name, "position", ev.Position.String(), "event_type", ev.Type,
 					"attempts", attempts, "err", herr)
@@ -750,18 +807,40 @@ func (r *Runner) react(ctx context.Context, w *worker, from eventstore.Position,
 			r.sleep(ctx, attempts)
 		}
 	}
-	// One checkpoint per batch: a crash repeats at most a batch, and
-	// reactors are idempotent.
-	last := evs[len(evs)-1].Position
-	if from != last {
-		if err := r.write(ctx, w, last, func(tx *readmodels.Tx) error {
-			return tx.AdvanceCheckpoint(w.name, from, last)
-		}); err != nil {
-			return err
-		}
+	r.advance(w, evs[len(evs)-1].Position, parked)
+	return saved, nil
+}
+
+// saveReactor stores a reactor's checkpoint, moving it from saved to pos,
+// retrying while the database fails. It returns ErrCheckpointMoved when
+// another process moved it, and otherwise an error only when ctx ended.
+func (r *Runner) saveReactor(ctx context.Context, w *worker, saved, pos eventstore.Position) error {
+	err := r.write(ctx, w, pos, func(tx *readmodels.Tx) error {
+		return tx.AdvanceCheckpoint(w.name, saved, pos)
+	})
+	if errors.Is(err, readmodels.ErrCheckpointMoved) {
+		r.failed(w, err)
+		r.log.Warn("projections: checkpoint moved by another process",
+			"projection", w.name, "position", pos.String(), "err", err)
 	}
-	r.advance(w, last, parked)
-	return nil
+	return err
+}
+
+// saveOnExit stores a reactor's checkpoint as its term ends (ctx may have
+// ended), trying once within a few seconds. If that fails, the next term
+// replays from the stored checkpoint, which the reactor's idempotence
+// makes harmless; after a lost lease the checkpoint may have moved on, and
+// then AdvanceCheckpoint changes nothing.
+func (r *Runner) saveOnExit(ctx context.Context, w *worker, saved, pos eventstore.Position) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	err := r.rm.Update(ctx, func(tx *readmodels.Tx) error {
+		return tx.AdvanceCheckpoint(w.name, saved, pos)
+	})
+	if err != nil {
+		r.log.Warn("projections: cannot store the checkpoint on stopping; it will replay from the stored one",
+			"projection", w.name, "position", pos.String(), "err", err)
+	}
 }
 
 // write runs fn in a read-model transaction, retrying without end while the

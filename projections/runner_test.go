@@ -643,3 +643,52 @@ func testFailingProjectionDoesNotStopTheOthers(t *testing.T, dialect string) {
 	require.NoError(t, err)
 	assert.Empty(t, parked)
 }
+
+// A reactor that only moves on does not store its checkpoint per batch: it
+// stores it when it stops, or once ReactorCheckpointEvery has passed.
+func TestReactorCheckpointIsStoredLazily(t *testing.T) {
+	eachDialect(t, testReactorCheckpointIsStoredLazily)
+}
+
+func testReactorCheckpointIsStoredLazily(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
+	const name = "counting-reactor"
+	reactorAt := func(r *projections.Runner) eventstore.Position {
+		for _, s := range r.Status() {
+			if s.Name == name {
+				return s.Position
+			}
+		}
+		return eventstore.Position{}
+	}
+	var handled atomic.Int64
+
+	t.Run("at shutdown", func(t *testing.T) {
+		opts := fast(5)
+		opts.Reactors = []projections.Reactor{countingReactor{&handled}}
+		opts.ReactorCheckpointEvery = time.Hour
+		r, stop := e.start(t, nil, opts)
+		var last eventstore.Position
+		for range 10 {
+			id := uuid.New()
+			last = e.register(t, id, id.String()+"@x.org")
+			require.Eventually(t, func() bool { return reactorAt(r) == last }, 10*time.Second, time.Millisecond)
+		}
+		assert.True(t, checkpoint(t, e, name).IsZero(), "nothing stored within the hour")
+		stop()
+		assert.Equal(t, last, checkpoint(t, e, name), "stored on the way out")
+	})
+
+	t.Run("within the interval", func(t *testing.T) {
+		opts := fast(5)
+		opts.Reactors = []projections.Reactor{countingReactor{&handled}}
+		opts.ReactorCheckpointEvery = 200 * time.Millisecond
+		r, _ := e.start(t, nil, opts)
+		id := uuid.New()
+		last := e.register(t, id, id.String()+"@x.org")
+		require.Eventually(t, func() bool { return reactorAt(r) == last }, 10*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return checkpoint(t, e, name) == last }, 5*time.Second, 10*time.Millisecond,
+			"stored while the log is quiet")
+	})
+	assert.Equal(t, int64(e.events(t)), handled.Load(), "each event once: the second runner began where the first stopped")
+}
