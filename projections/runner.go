@@ -524,10 +524,11 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 		return false
 	}
 	var outage int
-	// solo is set while a grouped projection works on its own: the group
-	// let it go after a failure, and it retries (and parks) by itself until
-	// a short batch says it is back at the head.
-	solo := false
+	// solo is set while a grouped projection works on its own: it starts
+	// so, catching up from its checkpoint without holding the group back,
+	// and the group lets it go after a failure, to retry (and park) by
+	// itself; a short batch says it is at the head, and it joins the group.
+	solo := true
 	for ctx.Err() == nil {
 		if r.group != nil && w.proj != nil && !toHead && !solo {
 			var moved bool
@@ -981,11 +982,12 @@ func (f *feed) read(ctx context.Context, pos eventstore.Position) ([]eventstore.
 // PostgreSQL every projection keeps its own transaction, since leases may
 // run them in different processes.
 //
-// A projection joins the group with its checkpoint and stays in it while
-// its batches succeed. When its Apply fails, the group commits the others
-// without it and lets it go: it then works on its own, through the retries
-// and parking of project, until a short batch says it is back at the head,
-// and joins again.
+// A projection catches up on its own (reads and transactions of its own,
+// so that a projection being rebuilt does not hold the others back) and
+// joins the group with its checkpoint once a short batch says it is at the
+// head; it stays while its batches succeed. When its Apply fails, the group
+// commits the others without it and lets it go: it then works on its own,
+// through the retries and parking of project, until it is back at the head.
 type group struct {
 	wake chan struct{} // capacity 1: a projection joined
 

@@ -692,3 +692,45 @@ func testReactorCheckpointIsStoredLazily(t *testing.T, dialect string) {
 	})
 	assert.Equal(t, int64(e.events(t)), handled.Load(), "each event once: the second runner began where the first stopped")
 }
+
+// crawl slows every event down, as a projection being rebuilt from far
+// behind would be.
+type crawl struct{ projections.Projection }
+
+func (c crawl) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	time.Sleep(20 * time.Millisecond)
+	return c.Projection.Apply(tx, ev)
+}
+
+// A projection far behind catches up on its own: the projections at the
+// head do not wait for it, shared SQLite transaction or not.
+func TestProjectionCatchingUpDoesNotHoldTheOthersBack(t *testing.T) {
+	eachDialect(t, testProjectionCatchingUpDoesNotHoldTheOthersBack)
+}
+
+func testProjectionCatchingUpDoesNotHoldTheOthersBack(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
+	var last eventstore.Position
+	for range 30 {
+		id := uuid.New()
+		last = e.register(t, id, id.String()+"@x.org")
+	}
+	opts := fast(5)
+	opts.BatchSize = 5
+	r, _ := e.start(t, []projections.Projection{projections.Users(), projections.Sessions(), crawl{projections.Audit()}}, opts)
+	at := func(name string) eventstore.Position {
+		for _, s := range r.Status() {
+			if s.Name == name {
+				return s.Position
+			}
+		}
+		return eventstore.Position{}
+	}
+	require.Eventually(t, func() bool { return at(projections.NameUsers) == last }, 10*time.Second, time.Millisecond)
+	assert.True(t, at(projections.NameAudit).Less(last), "audit is still catching up")
+	waitFor(t, r, last)
+	assert.Equal(t, 30, auditCount(t, e))
+	id := uuid.New()
+	waitFor(t, r, e.register(t, id, id.String()+"@x.org"))
+	assert.Len(t, e.dump(t)["users"], 31)
+}
