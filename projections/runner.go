@@ -897,9 +897,11 @@ type feed struct {
 	limit int
 	keep  int // how many recent batches the cache holds
 
-	mu      sync.Mutex
-	cache   []cached // non-empty batches, oldest first
-	flights map[eventstore.Position]*flight
+	mu        sync.Mutex
+	cache     []cached // non-empty batches, oldest first
+	flights   map[eventstore.Position]*flight
+	head      eventstore.Position // where the last short read ended
+	headKnown bool
 }
 
 type cached struct {
@@ -963,11 +965,33 @@ func (f *feed) next(ctx context.Context, pos eventstore.Position) ([]eventstore.
 	}
 }
 
-// read reads once, and waits for the log when that found nothing.
+// read reads once, and waits for the log when that found nothing. At the
+// position where the last short read ended (the head, as far as the feed
+// knows) it waits first: Wait returns at once when there are events after
+// it, and otherwise the read would find nothing.
 func (f *feed) read(ctx context.Context, pos eventstore.Position) ([]eventstore.RecordedEvent, error) {
+	f.mu.Lock()
+	atHead := f.headKnown && f.head == pos
+	f.mu.Unlock()
+	if atHead {
+		if err := f.src.Wait(ctx, pos); err != nil {
+			return nil, fmt.Errorf("wait for the log: %w", err)
+		}
+	}
 	evs, err := f.src.ReadAll(ctx, pos, f.limit)
-	if err != nil || len(evs) > 0 {
-		return evs, err
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) > 0 {
+		if len(evs) < f.limit {
+			f.mu.Lock()
+			f.head, f.headKnown = evs[len(evs)-1].Position, true
+			f.mu.Unlock()
+		}
+		return evs, nil
+	}
+	if atHead {
+		return nil, nil // Wait returned early; the caller asks again
 	}
 	if err := f.src.Wait(ctx, pos); err != nil {
 		return nil, fmt.Errorf("wait for the log: %w", err)

@@ -484,11 +484,13 @@ func testRunRejectsMisconfiguration(t *testing.T, dialect string) {
 // events.
 type countingSource struct {
 	projections.Source
-	reads atomic.Int64
+	reads atomic.Int64 // that returned events
+	all   atomic.Int64
 }
 
 func (c *countingSource) ReadAll(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
 	evs, err := c.Source.ReadAll(ctx, after, limit)
+	c.all.Add(1)
 	if len(evs) > 0 {
 		c.reads.Add(1)
 	}
@@ -546,6 +548,8 @@ func testWorkersShareTheirReadsOfTheLog(t *testing.T, dialect string) {
 	assert.Equal(t, int64(e.events(t)), handled.Load(), "the reactor saw every event once")
 	// Five workers read every batch themselves before: at least 5 × 20.
 	assert.LessOrEqual(t, src.reads.Load(), int64(commands+5), "reads of the log that returned events")
+	// At the head the feed waits before it reads: no empty read per batch.
+	assert.LessOrEqual(t, src.all.Load(), int64(commands+5), "reads of the log in all")
 	assert.Equal(t, 20, len(e.dump(t)["users"]))
 }
 
