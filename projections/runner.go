@@ -1154,6 +1154,19 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 		}
 	}
 	g.mu.Unlock()
+	// Members that failed are let go together once the others have
+	// committed, so that none of them starts its own retries later than
+	// another only for having been found out later.
+	type failure struct {
+		m     *member
+		moved bool
+	}
+	var failed []failure
+	defer func() {
+		for _, f := range failed {
+			g.letGo(f.m, f.moved)
+		}
+	}()
 	var outage int
 	for len(parts) > 0 {
 		err := r.rm.Update(ctx, func(tx *readmodels.Tx) error {
@@ -1192,7 +1205,7 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 			r.failed(p.m.w, pe.err)
 			r.log.Warn("projections: apply failed in the shared transaction; retrying on its own",
 				"projection", p.m.w.name, "position", p.from.String(), "err", pe.err)
-			g.letGo(p.m, errors.Is(pe.err, readmodels.ErrCheckpointMoved))
+			failed = append(failed, failure{p.m, errors.Is(pe.err, readmodels.ErrCheckpointMoved)})
 		default:
 			outage++
 			r.groupUnavailable(ctx, "write the read models", parts[0].evs[0].Position, err, outage)
