@@ -114,6 +114,8 @@ func openApp(ctx context.Context, w where, backend string, conns int) (*evidentA
 		}
 	}
 
+	rm := a.rm
+	a.closers = append(a.closers, func() { rm.Close() }) // before the pools and files close
 	waiter := &lateWaiter{}
 	a.cmd = commands.NewHandler(a.events, a.rm, a.rm, waiter, commands.Options{
 		MaxRetries: 5, PasswordCost: 10, Logger: quiet,
