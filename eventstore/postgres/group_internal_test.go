@@ -250,3 +250,66 @@ func TestOppositeGroupsDoNotDeadlock(t *testing.T) {
 		assert.Len(t, evs, 3)
 	}
 }
+
+// A transaction that writes elsewhere on the server, however long it runs,
+// does not hold readers of the log back: only appends can still add events
+// below a position already read.
+func TestOtherWritersDoNotHoldReadersBack(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	ctx := t.Context()
+	other, err := s.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = other.Rollback(context.WithoutCancel(ctx)) }()
+	_, err = other.Exec(ctx, `CREATE TEMP TABLE unrelated (n int); INSERT INTO unrelated VALUES (1)`)
+	require.NoError(t, err)
+	var xid int64
+	require.NoError(t, other.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(&xid))
+
+	res, err := s.Append(ctx, one("after-other", eventstore.NoStream))
+	require.NoError(t, err)
+	require.Greater(t, int64(res.Position.Commit), xid, "the append began after the other writer")
+
+	start := time.Now()
+	evs, err := s.ReadAll(ctx, eventstore.Position{}, 10)
+	require.NoError(t, err)
+	require.Len(t, evs, 1, "the append is readable while the other writer runs")
+	assert.Less(t, time.Since(start), holdBackWait/2, "read without waiting for the other writer")
+	require.NoError(t, s.Wait(ctx, eventstore.Position{}), "Wait sees it too")
+}
+
+// An append still running holds back every event after its own id, even
+// one committed already: reading past it would skip its events.
+func TestRunningAppendHoldsReadersBack(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	slow, fast := storeAt(t, url, 4), storeAt(t, url, 4)
+	ctx := t.Context()
+	inTx, release := make(chan struct{}), make(chan struct{})
+	slow.beforeCommit = func(context.Context) {
+		close(inTx)
+		<-release
+	}
+	first := make(chan eventstore.AppendResult, 1)
+	go func() {
+		res, err := slow.Append(ctx, one("slow", eventstore.NoStream))
+		assert.NoError(t, err)
+		first <- res
+	}()
+	<-inTx
+	second, err := fast.Append(ctx, one("fast", eventstore.NoStream))
+	require.NoError(t, err)
+
+	evs, err := fast.ReadAll(ctx, eventstore.Position{}, 10)
+	require.NoError(t, err)
+	assert.Empty(t, evs, "the committed append waits behind the running one")
+
+	close(release)
+	earlier := <-first
+	require.True(t, earlier.Position.Less(second.Position), "the running append sorts first")
+	evs, err = fast.ReadAll(ctx, eventstore.Position{}, 10)
+	require.NoError(t, err)
+	require.Len(t, evs, 2)
+	assert.Equal(t, "slow", evs[0].Stream)
+	assert.Equal(t, "fast", evs[1].Stream)
+}

@@ -67,24 +67,29 @@ var migrations embed.FS
 // Each row therefore also stores the id of the transaction that wrote it (tx,
 // xid8, assigned by a column default), and the log order is (tx, seq): all of
 // one append's events are contiguous, in the order appended. ReadAll returns
-// only rows whose tx is below pg_snapshot_xmin(pg_current_snapshot()), the
-// oldest transaction id still running when its statement's snapshot was
-// taken. Every transaction below that xmin has finished: committed (and
-// visible to the read) or aborted (and never visible). Every transaction that
-// commits later has an id at or above xmin, so it sorts after everything
-// already read. A reader that saw position P can never later find an event
-// before P. Position is {Commit: tx, Prepare: seq}.
+// only rows whose tx is below a horizon: the lowest id among the appends
+// still running, or, when none is, the next id to be assigned (the
+// snapshot's xmax). An append is recognised by the lock it holds on the
+// streams table, which it takes before it has an id and keeps until it ends
+// (see the horizon statement). Every append below the horizon has finished:
+// committed (and visible to the read, which takes its snapshot after the
+// horizon's) or aborted (and never visible). Every append that commits later
+// has an id at or above the horizon, so it sorts after everything already
+// read. A reader that saw position P can never later find an event before P.
+// Position is {Commit: tx, Prepare: seq}.
 //
-// The price: any transaction in the cluster that holds a transaction id
-// (that has written anything, in any database) holds the horizon back while
-// it runs. Appends are short, so readers normally trail the head by
-// milliseconds; a long-running write transaction (a bulk migration, a
-// forgotten idle-in-transaction session, a prepared transaction) stalls every
-// reader of the log until it ends, although appends keep succeeding.
-// Read-only transactions have no transaction id and hold nothing back.
-// ReadAll hides this from callers that have just appended: when everything
-// after their position is committed but still above the horizon, it waits
-// (up to holdBackWait) for the horizon to pass rather than return nothing.
+// This rests on one rule of this package: the only statement that writes
+// the log is evident_append, and it is the first write of its transaction
+// (its first act is to lock the streams). A transaction that had an id from
+// earlier writes and only then appended would be invisible to the horizon
+// until it touched the streams.
+//
+// Appends are one statement, so readers normally trail the head by a
+// millisecond or two. Other transactions on the server, however long, hold
+// nothing back. ReadAll hides the wait from callers that have just
+// appended: when everything after their position is committed but an
+// earlier append is still running, it waits (up to holdBackWait) for it
+// rather than return nothing.
 //
 // # Expected versions
 //
@@ -441,30 +446,47 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]ev
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
-	evs, _, err := scanEvents(rows, false)
+	evs, err := scanEvents(rows)
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
 	return evs, nil
 }
 
-// readAll reads up to limit events after after and stops at the first one
-// whose transaction is not below the horizon (see Store). held is the
-// transaction id of that first event held back, or zero.
-const readAll = `WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
-SELECT h.horizon, e.tx::text::bigint, e.seq, e.event_id, e.stream, e.version, e.type, e.data, e.metadata, e.recorded_at
-FROM h LEFT JOIN LATERAL (
-	SELECT * FROM events WHERE (tx, seq) > ($1::bigint::text::xid8, $2) ORDER BY tx, seq LIMIT $3
-) e ON true
-ORDER BY e.tx, e.seq`
+// horizon is the statement that says how far ReadAll may read: the lowest
+// transaction id that may still add events to the log (see Store). It is
+// the lowest id among the transactions that were running at the
+// statement's snapshot and are appenders (hold the lock every append takes
+// on the streams table, with an id), or the snapshot's xmax when none is.
+//
+// It must run in a statement before the one that reads the events: an
+// appender that ends between this snapshot and the lock table read is left
+// out, and only a later snapshot is sure to see its events. Ids in
+// pg_locks are 32-bit; an in-progress xid8 is matched by its low 32 bits,
+// which are unique among the running transactions.
+const horizon = `WITH s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap),
+appenders AS (
+	SELECT t.transactionid::text::bigint AS xid
+	FROM pg_locks r JOIN pg_locks t ON t.virtualtransaction = r.virtualtransaction
+	WHERE r.locktype = 'relation' AND r.relation = 'streams'::regclass
+	  AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+	  AND t.locktype = 'transactionid'
+)
+SELECT LEAST(
+	pg_snapshot_xmax(s.snap)::text::bigint,
+	(SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) AS x
+	 WHERE x::text::bigint % 4294967296 IN (SELECT xid FROM appenders)))
+FROM s`
+
+const readAfter = selectEvents + ` WHERE (tx, seq) > ($1::bigint::text::xid8, $2) ORDER BY tx, seq LIMIT $3`
 
 // ReadAll returns up to limit events with a position strictly after after, in
 // log order, never one that a later call could precede with a lower position
-// (see Store). When every event after after is committed but still above the
-// horizon, it waits up to holdBackWait for the horizon to pass the first of
-// them, so that a caller reads its own appends; it may then return fewer
-// than limit events, or none, and callers read again. A limit below one is
-// eventstore.ErrInvalid.
+// (see Store). When every event after after is committed but an append
+// that may still write before it is running, it waits up to holdBackWait
+// for that append to end, so that a caller reads its own appends; it may
+// then return fewer than limit events, or none, and callers read again. A
+// limit below one is eventstore.ErrInvalid.
 func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
 	if limit < 1 {
 		return nil, fmt.Errorf("postgres eventstore: read all: limit %d: %w", limit, eventstore.ErrInvalid)
@@ -475,44 +497,62 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 	if after.Commit > math.MaxInt64 {
 		return nil, nil
 	}
-	prepare := int64(min(after.Prepare, math.MaxInt64))
-	evs, held, err := s.readAllOnce(ctx, after, prepare, limit)
+	evs, held, err := s.readBelow(ctx, after, limit)
 	if err != nil || len(evs) > 0 || held == 0 {
 		return evs, err
 	}
 	if err := s.awaitHorizon(ctx, held); err != nil {
 		return nil, err
 	}
-	evs, _, err = s.readAllOnce(ctx, after, prepare, limit)
+	evs, _, err = s.readBelow(ctx, after, limit)
 	return evs, err
 }
 
-func (s *Store) readAllOnce(ctx context.Context, after eventstore.Position, prepare int64, limit int) ([]eventstore.RecordedEvent, uint64, error) {
-	rows, err := s.pool.Query(ctx, readAll, int64(after.Commit), prepare, limit)
+// readBelow reads up to limit events after after and keeps those below the
+// horizon; held is the transaction id of the first one held back, or zero.
+// The horizon and the read are two statements of one round trip.
+func (s *Store) readBelow(ctx context.Context, after eventstore.Position, limit int) (_ []eventstore.RecordedEvent, held uint64, err error) {
+	b := &pgx.Batch{}
+	b.Queue(horizon)
+	b.Queue(readAfter, int64(min(after.Commit, math.MaxInt64)), int64(min(after.Prepare, math.MaxInt64)), limit)
+	br := s.pool.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); cerr != nil && err == nil {
+			err = wrap(ctx, fmt.Sprintf("read all after %s", after), cerr)
+		}
+	}()
+	var h int64
+	if err := br.QueryRow().Scan(&h); err != nil {
+		return nil, 0, wrap(ctx, "read horizon", err)
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
-	evs, held, err := scanEvents(rows, true)
+	evs, err := scanEvents(rows)
 	if err != nil {
 		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
-	return evs, held, nil
+	for i, e := range evs {
+		if int64(e.Position.Commit) >= h {
+			return evs[:i], e.Position.Commit, nil
+		}
+	}
+	return evs, 0, nil
 }
 
 // awaitHorizon polls, with backoff, until the horizon has passed transaction
-// held or holdBackWait has gone by. Transactions that hold the horizon are
-// normally other appends, a few milliseconds from their commit.
+// held or holdBackWait has gone by. The transactions that hold the horizon
+// are appends: one statement each, a few milliseconds from their commit.
 func (s *Store) awaitHorizon(ctx context.Context, held uint64) error {
 	deadline := time.Now().Add(holdBackWait)
-	pause := time.Millisecond
+	pause := 500 * time.Microsecond
 	for {
-		var passed bool
-		err := s.pool.QueryRow(ctx,
-			`SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::bigint::text::xid8`, int64(held)).Scan(&passed)
-		if err != nil {
+		var h int64
+		if err := s.pool.QueryRow(ctx, horizon).Scan(&h); err != nil {
 			return wrap(ctx, "read horizon", err)
 		}
-		if passed || time.Now().Add(pause).After(deadline) {
+		if uint64(h) > held || time.Now().Add(pause).After(deadline) {
 			return nil
 		}
 		t := time.NewTimer(pause)
@@ -522,7 +562,7 @@ func (s *Store) awaitHorizon(ctx context.Context, held uint64) error {
 			t.Stop()
 			return ctx.Err()
 		}
-		pause = min(2*pause, 25*time.Millisecond)
+		pause = min(2*pause, 5*time.Millisecond)
 	}
 }
 
@@ -533,7 +573,7 @@ func (s *Store) readAllNaive(ctx context.Context, after eventstore.Position, lim
 	if err != nil {
 		return nil, wrap(ctx, "naive read all", err)
 	}
-	evs, _, err := scanEvents(rows, false)
+	evs, err := scanEvents(rows)
 	if err != nil {
 		return nil, wrap(ctx, "naive read all", err)
 	}
@@ -543,41 +583,21 @@ func (s *Store) readAllNaive(ctx context.Context, after eventstore.Position, lim
 	return evs, nil
 }
 
-// scanEvents reads rows of selectEvents or, withHorizon, of readAll: then it
-// keeps only the events below the horizon and returns the transaction id of
-// the first one held back as held.
-func scanEvents(rows pgx.Rows, withHorizon bool) (_ []eventstore.RecordedEvent, held uint64, err error) {
+// scanEvents reads rows of selectEvents.
+func scanEvents(rows pgx.Rows) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
 	var evs []eventstore.RecordedEvent
 	for rows.Next() {
 		var (
 			e              eventstore.RecordedEvent
-			txid, seq      *int64
-			h              int64
-			id             *uuid.UUID
-			stream, typ    *string
-			version        *int64
+			txid, seq      int64
 			data, metadata []byte
-			recordedAt     *time.Time
+			recordedAt     time.Time
 		)
-		dest := []any{&txid, &seq, &id, &stream, &version, &typ, &data, &metadata, &recordedAt}
-		if withHorizon {
-			dest = append([]any{&h}, dest...)
+		if err := rows.Scan(&txid, &seq, &e.ID, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt); err != nil {
+			return nil, err
 		}
-		if err := rows.Scan(dest...); err != nil {
-			return nil, 0, err
-		}
-		if txid == nil {
-			break // readAll's one row of horizon without events
-		}
-		if withHorizon && *txid >= h {
-			if held == 0 {
-				held = uint64(*txid)
-			}
-			continue
-		}
-		e.Position = eventstore.Position{Commit: uint64(*txid), Prepare: uint64(*seq)}
-		e.ID, e.Stream, e.Version, e.Type = *id, *stream, *version, *typ
+		e.Position = eventstore.Position{Commit: uint64(txid), Prepare: uint64(seq)}
 		e.RecordedAt = recordedAt.UTC()
 		if len(data) > 0 {
 			e.Data = data
@@ -588,9 +608,9 @@ func scanEvents(rows pgx.Rows, withHorizon bool) (_ []eventstore.RecordedEvent, 
 		evs = append(evs, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	return evs, held, nil
+	return evs, nil
 }
 
 // Wait returns nil as soon as an event after after is readable, when an
@@ -606,16 +626,12 @@ func (s *Store) Wait(ctx context.Context, after eventstore.Position) error {
 	changed := s.subscribe()
 
 	// The first event after after decides: events above the horizon come
-	// after every event below it. Written as a one-row index walk so that
-	// no statistics can turn it into a table scan.
-	var exists bool
-	err := s.pool.QueryRow(ctx, `SELECT COALESCE((SELECT tx < pg_snapshot_xmin(pg_current_snapshot()) FROM events
-		WHERE (tx, seq) > ($1::bigint::text::xid8, $2) ORDER BY tx, seq LIMIT 1), false)`,
-		int64(min(after.Commit, math.MaxInt64)), int64(min(after.Prepare, math.MaxInt64))).Scan(&exists)
+	// after every event below it.
+	evs, _, err := s.readBelow(ctx, after, 1)
 	if err != nil {
-		return wrap(ctx, fmt.Sprintf("wait after %s", after), err)
+		return err
 	}
-	if exists {
+	if len(evs) > 0 {
 		return nil
 	}
 
