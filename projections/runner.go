@@ -548,7 +548,7 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 			evs, err = r.src.ReadAll(ctx, pos, r.opts.BatchSize)
 		} else {
 			rctx, cancel := ctx, context.CancelFunc(func() {})
-			if saved != pos {
+			if w.react != nil && saved != pos {
 				// Store the reactor's checkpoint in time even if the log stays quiet.
 				rctx, cancel = context.WithDeadline(ctx, savedAt.Add(r.opts.ReactorCheckpointEvery))
 			}
@@ -698,6 +698,11 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 		}
 		chunk := evs[:upto]
 		err := r.rm.Update(ctx, func(tx *readmodels.Tx) error {
+			// Derived rows and their checkpoint: a crash loses them
+			// together and they are applied again.
+			if err := tx.AsyncCommit(); err != nil {
+				return err
+			}
 			for i, ev := range chunk {
 				if i == parkAt {
 					if err := tx.Park(parkedEvent(w.name, ev, parkErr, attempts)); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -741,4 +742,31 @@ func testProjectionCatchingUpDoesNotHoldTheOthersBack(t *testing.T, dialect stri
 	waitFor(t, r, last)
 	assert.Equal(t, 31, auditCount(t, e))
 	assert.Len(t, e.dump(t)["users"], 31)
+}
+
+// Only reactors store their checkpoint lazily: a projection that has been
+// working for longer than ReactorCheckpointEvery must not try to store a
+// reactor's checkpoint of its own, find its real one moved, and give its
+// lease up (which it did on every batch on PostgreSQL).
+func TestProjectionsNeverTakeTheReactorCheckpointPath(t *testing.T) {
+	eachDialect(t, func(t *testing.T, dialect string) {
+		e := newEnv(t, dialect)
+		var logs syncBuffer
+		opts := fast(5)
+		opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		opts.ReactorCheckpointEvery = 20 * time.Millisecond
+		r, stop := e.start(t, projections.All(), opts)
+		defer stop()
+		var last eventstore.Position
+		for range 15 {
+			id := uuid.New()
+			last = e.register(t, id, id.String()+"@x.org")
+			waitFor(t, r, last)
+			time.Sleep(30 * time.Millisecond) // past the interval, between batches
+		}
+		for _, s := range r.Status() {
+			assert.Empty(t, s.LastError, s.Name)
+		}
+		assert.NotContains(t, logs.String(), "checkpoint moved")
+	})
 }
