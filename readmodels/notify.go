@@ -190,7 +190,9 @@ func (s *Store) notifier() {
 		case <-s.kick:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
-		_, _ = s.write.ExecContext(ctx, `SELECT pg_notify(`+channelExpr+`, '')`)
+		// A NOTIFY is a transaction with an id, whose commit would wait for
+		// a WAL flush; it carries nothing to keep, so it does not wait.
+		_, _ = s.write.ExecContext(ctx, `SELECT set_config('synchronous_commit', 'off', true), pg_notify(`+channelExpr+`, '')`)
 		cancel()
 	}
 }

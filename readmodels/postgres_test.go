@@ -200,3 +200,29 @@ func TestPostgresOutageIsUnavailable(t *testing.T) {
 	require.Error(t, err)
 	assert.False(t, errors.Is(err, readmodels.ErrUnavailable), "%v", err)
 }
+
+// AsyncCommit turns off the wait for the WAL flush for its transaction
+// alone: the next transaction on the pool waits again.
+func TestAsyncCommitIsForOneTransaction(t *testing.T) {
+	t.Parallel()
+	rm := newStore(t, readmodels.DialectPostgres)
+	ctx := t.Context()
+	setting := func(async bool) string {
+		var v string
+		require.NoError(t, rm.Update(ctx, func(tx *readmodels.Tx) error {
+			if async {
+				if err := tx.AsyncCommit(); err != nil {
+					return err
+				}
+			}
+			var err error
+			v, err = tx.Setting("synchronous_commit")
+			return err
+		}))
+		return v
+	}
+	assert.Equal(t, "off", setting(true))
+	for range 3 { // whichever pooled connection the next one gets
+		assert.Equal(t, "on", setting(false))
+	}
+}

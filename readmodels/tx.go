@@ -29,6 +29,23 @@ type Tx struct {
 	shadows map[string]string
 }
 
+// AsyncCommit lets this transaction's commit return before its WAL record
+// is flushed to disk: PostgreSQL's synchronous_commit = off, for this
+// transaction only (a no-op on SQLite). Only for rows derived from the log
+// whose checkpoint moves in the same transaction: a crash of the server can
+// then lose the last few such commits, rows and checkpoint together, never
+// one without the other, and they are applied again from the log. Never for
+// anything the log does not hold (credentials, idempotency keys).
+func (t *Tx) AsyncCommit() error {
+	if t.dialect != DialectPostgres {
+		return nil
+	}
+	if _, err := t.tx.ExecContext(t.ctx, `SELECT set_config('synchronous_commit', 'off', true)`); err != nil {
+		return fmt.Errorf("readmodels: async commit: %w", classify(err))
+	}
+	return nil
+}
+
 // rel is how a statement names projection table t: t itself, or on a shadow
 // Tx its shadow aliased as t, so that the statement's references to t (as in
 // "WHERE users.version < excluded.version") stay valid. The live path's SQL
