@@ -226,7 +226,14 @@ func (c Config) storeName() string {
 	if c.backend() == embedded {
 		return "sqlite:" + filepath.Join(c.DataDir, "evident.db")
 	}
-	return "events=" + redactURL(c.EventStoreURL) + " read_models=" + redactURL(c.DatabaseURL)
+	events, rm := c.EventStoreURL, c.DatabaseURL
+	if events == "" {
+		events = rm // the events live with the read models
+	}
+	if rm == "" {
+		rm = events
+	}
+	return "events=" + redactURL(events) + " read_models=" + redactURL(rm)
 }
 
 // readModelOptions: a pending idempotency claim outlives any request that is

@@ -30,3 +30,12 @@ func TestPoolSize(t *testing.T) {
 	defer q.Close()
 	assert.Equal(t, int32(3), q.Config().MaxConns)
 }
+
+// The start-up log names where the events are even when one URL holds both.
+func TestStoreNameNamesBothStores(t *testing.T) {
+	c := Config{DatabaseURL: "postgres://evident:secret@db:5432/evident"}
+	name := c.storeName()
+	assert.Contains(t, name, "events=postgres://…@db:5432/evident")
+	assert.Contains(t, name, "read_models=postgres://…@db:5432/evident")
+	assert.NotContains(t, name, "secret")
+}
