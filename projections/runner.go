@@ -549,7 +549,10 @@ func (r *Runner) term(ctx context.Context, w *worker, toHead bool) bool {
 		} else {
 			rctx, cancel := ctx, context.CancelFunc(func() {})
 			if w.react != nil && saved != pos {
-				// Store the reactor's checkpoint in time even if the log stays quiet.
+				// Store the reactor's checkpoint in time even if the log
+				// stays quiet. Only a reactor's: a projection stores its
+				// checkpoint with every batch, and saved stays where its
+				// term began.
 				rctx, cancel = context.WithDeadline(ctx, savedAt.Add(r.opts.ReactorCheckpointEvery))
 			}
 			evs, err = r.feed.next(rctx, pos)

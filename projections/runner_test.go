@@ -770,3 +770,43 @@ func TestProjectionsNeverTakeTheReactorCheckpointPath(t *testing.T) {
 		assert.NotContains(t, logs.String(), "checkpoint moved")
 	})
 }
+
+// countingLeases grants every lease at once and counts the grants: a worker
+// acquires its lease again each time a term of it ends.
+type countingLeases struct{ n *atomic.Int64 }
+
+func (c countingLeases) Acquire(context.Context, string) (projections.Lease, error) {
+	c.n.Add(1)
+	return granted{}, nil
+}
+
+// A projection's term does not end when the log goes quiet: the lazy
+// checkpoint of reactors is theirs alone. It used to fire for projections
+// too, a second after their first batch, trying to move their checkpoint
+// from where the term began: ErrCheckpointMoved, a "moved by another
+// process" warning, the lease given back and taken again (another process
+// could take it), and the term restarted, after every quiet second.
+func TestQuietLogDoesNotEndAProjectionsTerm(t *testing.T) {
+	eachDialect(t, testQuietLogDoesNotEndAProjectionsTerm)
+}
+
+func testQuietLogDoesNotEndAProjectionsTerm(t *testing.T, dialect string) {
+	e := newEnv(t, dialect)
+	var acquired atomic.Int64
+	var logs syncBuffer
+	opts := fast(5)
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	opts.Leases = countingLeases{&acquired}
+	opts.ReactorCheckpointEvery = 50 * time.Millisecond
+	r, _ := e.start(t, []projections.Projection{counter{}}, opts)
+	for range 3 {
+		waitFor(t, r, e.register(t, uuid.New(), uuid.NewString()+"@x.org"))
+		time.Sleep(300 * time.Millisecond) // quiet for several intervals
+	}
+	assert.Equal(t, int64(1), acquired.Load(), "the projection's term restarted; log:\n%s", logs.String())
+	assert.NotContains(t, logs.String(), "checkpoint moved")
+	for _, s := range r.Status() {
+		assert.Empty(t, s.LastError, "%s", s.Name)
+	}
+	assert.Equal(t, e.events(t), e.count(t), "each event applied once")
+}
