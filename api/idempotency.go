@@ -8,6 +8,9 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
@@ -29,6 +32,12 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		if len(key) > 200 {
 			return badParam("Idempotency-Key", "must be at most 200 characters")
+		}
+		// The key is stored as text: PostgreSQL refuses bytes that are not
+		// UTF-8 (a header may carry any byte from 0x80 up), which would be
+		// a 500 for the client's mistake.
+		if !utf8.ValidString(key) || strings.ContainsFunc(key, unicode.IsControl) {
+			return badParam("Idempotency-Key", "must be printable UTF-8")
 		}
 		body, err := io.ReadAll(c.Request().Body)
 		if err != nil {

@@ -72,12 +72,20 @@ func NormalizeRoles(raw []string) ([]string, error) {
 	return out, nil
 }
 
-// ValidateReason checks a free-text reason.
+// ValidateReason checks a free-text reason: valid UTF-8, at most 500
+// characters, and no control characters but tab, line feed and carriage
+// return. A reason is stored in the read models (a session's end_reason), and
+// PostgreSQL's text refuses a NUL: accepted, it would park the event there,
+// after the command had answered.
 func ValidateReason(s string) error {
-	if utf8.RuneCountInString(s) > 500 || !utf8.ValidString(s) {
-		return &ValidationError{Field: "reason", Reason: "must be valid UTF-8 of at most 500 characters"}
+	if utf8.RuneCountInString(s) > 500 || !utf8.ValidString(s) || strings.ContainsFunc(s, badReasonRune) {
+		return &ValidationError{Field: "reason", Reason: "must be valid UTF-8 of at most 500 characters, without control characters"}
 	}
 	return nil
+}
+
+func badReasonRune(r rune) bool {
+	return unicode.IsControl(r) && r != '\t' && r != '\n' && r != '\r'
 }
 
 func quote(s string) string {

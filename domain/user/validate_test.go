@@ -154,12 +154,12 @@ func TestNormalizeRoles(t *testing.T) {
 
 func TestValidateReason(t *testing.T) {
 	t.Parallel()
-	for _, ok := range []string{"", "left the company", strings.Repeat("é", 500)} {
+	for _, ok := range []string{"", "left the company", strings.Repeat("é", 500), "line one\r\nline two\tend"} {
 		if err := user.ValidateReason(ok); err != nil {
 			t.Errorf("ValidateReason(%q) = %v", ok, err)
 		}
 	}
-	for _, bad := range []string{strings.Repeat("a", 501), "bad \xff"} {
+	for _, bad := range []string{strings.Repeat("a", 501), "bad \xff", "a\x00b", "\x1b[31m", "del\x7f", "c1\u0085"} {
 		wantInvalid(t, bad, user.ValidateReason(bad), "reason")
 	}
 }
