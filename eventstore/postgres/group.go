@@ -69,7 +69,7 @@ func (s *Store) submit(ctx context.Context, reqs []eventstore.AppendRequest) cal
 	s.qmu.Lock()
 	if s.appendClosed {
 		s.qmu.Unlock()
-		return callResult{err: errors.New("postgres eventstore: append: the store is closed")}
+		return callResult{err: fmt.Errorf("postgres eventstore: append: the store is closed: %w", eventstore.ErrUnavailable)}
 	}
 	s.queue = append(s.queue, c)
 	if !s.notifying {

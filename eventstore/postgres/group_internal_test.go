@@ -313,3 +313,13 @@ func TestRunningAppendHoldsReadersBack(t *testing.T) {
 	assert.Equal(t, "slow", evs[0].Stream)
 	assert.Equal(t, "fast", evs[1].Stream)
 }
+
+// An append after Close is refused as the store being unavailable, as on
+// SQLite, so that a command caught by shutdown answers 503, not 500.
+func TestAppendAfterCloseIsUnavailable(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	require.NoError(t, s.Close())
+	_, err := s.Append(t.Context(), one("late", eventstore.NoStream))
+	require.ErrorIs(t, err, eventstore.ErrUnavailable)
+}
