@@ -54,8 +54,8 @@ func Audit() Projection { return auditProjection{} }
 func (auditProjection) Name() string     { return NameAudit }
 func (auditProjection) Tables() []string { return []string{"audit"} }
 
-func (auditProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
-	if _, ok := actions[ev.Type]; !ok {
+func (p auditProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	if !p.handles(ev.Type) {
 		return nil
 	}
 	d := decode(&ev)
@@ -132,4 +132,9 @@ func sessionIDs(e session.Event) (sessionID, userID uuid.UUID) {
 		return e.SessionID, e.UserID
 	}
 	return uuid.Nil, uuid.Nil
+}
+
+func (auditProjection) handles(eventType string) bool {
+	_, ok := actions[eventType]
+	return ok
 }

@@ -108,3 +108,24 @@ type replayer interface {
 type folder interface {
 	replay(b *readmodels.Bulk, evs []event) error
 }
+
+// selective is a projection that can tell, from an event's type alone,
+// that its Apply does nothing with it.
+type selective interface {
+	handles(eventType string) bool
+}
+
+// handlesAny reports whether p may change a row for any of evs: false only
+// when p is selective and none of their types is one it handles.
+func handlesAny(p Projection, evs []eventstore.RecordedEvent) bool {
+	s, ok := p.(selective)
+	if !ok {
+		return true
+	}
+	for i := range evs {
+		if s.handles(evs[i].Type) {
+			return true
+		}
+	}
+	return false
+}

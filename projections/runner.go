@@ -700,25 +700,30 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 			upto = parkAt + 1
 		}
 		chunk := evs[:upto]
-		err := r.rm.Update(ctx, func(tx *readmodels.Tx) error {
-			// Derived rows and their checkpoint: a crash loses them
-			// together and they are applied again.
-			if err := tx.AsyncCommit(); err != nil {
-				return err
-			}
-			for i, ev := range chunk {
-				if i == parkAt {
-					if err := tx.Park(parkedEvent(w.name, ev, parkErr, attempts)); err != nil {
-						return err
+		var err error
+		if parkAt < 0 && !handlesAny(w.proj, chunk) {
+			// Nothing in the batch for this projection: one statement
+			// moves its checkpoint, no transaction.
+			err = r.rm.AdvanceCheckpoint(ctx, w.name, from, chunk[len(chunk)-1].Position)
+		} else {
+			err = r.rm.Update(ctx, func(tx *readmodels.Tx) error {
+				// Derived rows and their checkpoint: a crash loses them
+				// together and they are applied again.
+				tx.AsyncCommit()
+				for i, ev := range chunk {
+					if i == parkAt {
+						if err := tx.Park(parkedEvent(w.name, ev, parkErr, attempts)); err != nil {
+							return err
+						}
+						continue
 					}
-					continue
+					if err := w.proj.Apply(tx, ev); err != nil {
+						return &applyError{index: i, err: err}
+					}
 				}
-				if err := w.proj.Apply(tx, ev); err != nil {
-					return &applyError{index: i, err: err}
-				}
-			}
-			return tx.AdvanceCheckpoint(w.name, from, chunk[len(chunk)-1].Position)
-		})
+				return tx.AdvanceCheckpoint(w.name, from, chunk[len(chunk)-1].Position)
+			})
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -810,3 +810,27 @@ func testQuietLogDoesNotEndAProjectionsTerm(t *testing.T, dialect string) {
 	}
 	assert.Equal(t, e.events(t), e.count(t), "each event applied once")
 }
+
+// A projection that handles none of a batch's events moves its checkpoint
+// without a transaction, and still reaches the head: WaitFor answers, the
+// checkpoint is stored, and the events it does handle later are applied.
+func TestProjectionSkipsBatchesItDoesNotHandle(t *testing.T) {
+	eachDialect(t, func(t *testing.T, dialect string) {
+		e := newEnv(t, dialect)
+		r, stop := e.start(t, []projections.Projection{projections.Sessions()}, fast(5))
+		defer stop()
+		var last eventstore.Position
+		for range 5 {
+			id := uuid.New()
+			last = e.register(t, id, id.String()+"@x.org") // nothing for sessions
+			waitFor(t, r, last)
+		}
+		assert.Equal(t, last, checkpoint(t, e, projections.NameSessions), "stored at the head")
+		id := uuid.New()
+		e.register(t, id, id.String()+"@x.org")
+		sid := uuid.New()
+		last = e.append(t, sessionStream(sid), session.LoggedIn{SessionID: sid, UserID: id, TokenHash: "h", ExpiresAt: t0.Add(time.Hour)})
+		waitFor(t, r, last)
+		assert.Len(t, e.dump(t)["sessions"], 1, "a handled event is applied")
+	})
+}

@@ -28,8 +28,8 @@ func Sessions() Projection { return sessionsProjection{} }
 func (sessionsProjection) Name() string     { return NameSessions }
 func (sessionsProjection) Tables() []string { return []string{"sessions"} }
 
-func (sessionsProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
-	if !session.IsType(ev.Type) {
+func (p sessionsProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	if !p.handles(ev.Type) {
 		return nil
 	}
 	d := decode(&ev)
@@ -156,3 +156,5 @@ func (f *sessionsFolder) replay(b *readmodels.Bulk, evs []event) error {
 	clear(f.out)
 	return err
 }
+
+func (sessionsProjection) handles(eventType string) bool { return session.IsType(eventType) }

@@ -20,8 +20,8 @@ func ActivationTokens() Projection { return tokensProjection{} }
 func (tokensProjection) Name() string     { return NameActivationTokens }
 func (tokensProjection) Tables() []string { return []string{"activation_tokens"} }
 
-func (tokensProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
-	if !user.IsType(ev.Type) {
+func (p tokensProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	if !p.handles(ev.Type) {
 		return nil
 	}
 	d := decode(&ev)
@@ -193,3 +193,5 @@ func (f *tokensFolder) insert(t readmodels.ActivationToken, version int64) error
 	f.mark(t.TokenHash)
 	return nil
 }
+
+func (tokensProjection) handles(eventType string) bool { return user.IsType(eventType) }

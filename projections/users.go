@@ -22,8 +22,8 @@ func Users() Projection { return usersProjection{} }
 func (usersProjection) Name() string     { return NameUsers }
 func (usersProjection) Tables() []string { return []string{"users"} }
 
-func (usersProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
-	if !user.IsType(ev.Type) {
+func (p usersProjection) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	if !p.handles(ev.Type) {
 		return nil
 	}
 	d := decode(&ev)
@@ -176,3 +176,5 @@ func userID(e user.Event) (id uuid.UUID) {
 	}
 	return id
 }
+
+func (usersProjection) handles(eventType string) bool { return user.IsType(eventType) }

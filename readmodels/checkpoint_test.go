@@ -91,3 +91,21 @@ func assertClosed(t *testing.T, ch <-chan struct{}, within time.Duration) {
 		t.Errorf("not woken within %s", within)
 	}
 }
+
+// Store.AdvanceCheckpoint, one statement outside any transaction, follows
+// the same rule as Tx.AdvanceCheckpoint and wakes the waiters.
+func TestStoreAdvanceCheckpoint(t *testing.T) {
+	eachDialect(t, func(t *testing.T, dialect string) {
+		ctx := context.Background()
+		rm := newStore(t, dialect)
+		ch := rm.CheckpointsChanged()
+		require.NoError(t, rm.AdvanceCheckpoint(ctx, "sessions", eventstore.Position{}, eventstore.At(3)), "from no checkpoint")
+		assertClosed(t, ch, time.Second)
+		assert.ErrorIs(t, rm.AdvanceCheckpoint(ctx, "sessions", eventstore.Position{}, eventstore.At(4)), readmodels.ErrCheckpointMoved)
+		assert.ErrorIs(t, rm.AdvanceCheckpoint(ctx, "sessions", eventstore.At(2), eventstore.At(5)), readmodels.ErrCheckpointMoved)
+		require.NoError(t, rm.AdvanceCheckpoint(ctx, "sessions", eventstore.At(3), eventstore.At(6)))
+		cp, err := rm.Checkpoint(ctx, "sessions")
+		require.NoError(t, err)
+		assert.Equal(t, eventstore.At(6), cp)
+	})
+}

@@ -202,7 +202,7 @@ func TestPostgresOutageIsUnavailable(t *testing.T) {
 }
 
 // AsyncCommit turns off the wait for the WAL flush for its transaction
-// alone: the next transaction on the pool waits again.
+// alone, with its checkpoint: the next transaction on the pool waits again.
 func TestAsyncCommitIsForOneTransaction(t *testing.T) {
 	t.Parallel()
 	rm := newStore(t, readmodels.DialectPostgres)
@@ -211,9 +211,11 @@ func TestAsyncCommitIsForOneTransaction(t *testing.T) {
 		var v string
 		require.NoError(t, rm.Update(ctx, func(tx *readmodels.Tx) error {
 			if async {
-				if err := tx.AsyncCommit(); err != nil {
-					return err
-				}
+				tx.AsyncCommit()
+			}
+			// It takes effect with the checkpoint, the last statement.
+			if err := tx.AdvanceCheckpoint("async-test-"+rand.Text()[:8], eventstore.Position{}, eventstore.At(1)); err != nil {
+				return err
 			}
 			var err error
 			v, err = tx.Setting("synchronous_commit")

@@ -142,6 +142,22 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	return nil
 }
 
+// AdvanceCheckpoint moves a projection's checkpoint from from to to, in one
+// statement of its own: for a batch that changes none of the projection's
+// rows, where a transaction would only add round trips. Like
+// Tx.AdvanceCheckpoint it fails with ErrCheckpointMoved when the checkpoint
+// is not at from, and wakes the waiters when it moved. On PostgreSQL it does
+// not wait for the WAL flush (see Tx.AsyncCommit): a crash can only lose it,
+// and the events it passed, which change nothing, are read again.
+func (s *Store) AdvanceCheckpoint(ctx context.Context, name string, from, to eventstore.Position) error {
+	if err := advanceCheckpoint(ctx, s.write, s.dialect == DialectPostgres, s.now(), name, from, to); err != nil {
+		return err
+	}
+	s.broadcast()
+	s.notifyOthers()
+	return nil
+}
+
 // TxError is a failure to begin or commit a transaction: the database, not
 // the caller's work, failed. It is usually worth retrying.
 type TxError struct {

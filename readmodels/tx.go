@@ -27,23 +27,21 @@ type Tx struct {
 	// shadows maps a projection table to the table its statements go to
 	// instead (Shadow.Tx); nil on the live path.
 	shadows map[string]string
+	// async: the commit need not wait for the WAL flush (AsyncCommit).
+	async bool
 }
 
 // AsyncCommit lets this transaction's commit return before its WAL record
 // is flushed to disk: PostgreSQL's synchronous_commit = off, for this
-// transaction only (a no-op on SQLite). Only for rows derived from the log
-// whose checkpoint moves in the same transaction: a crash of the server can
-// then lose the last few such commits, rows and checkpoint together, never
-// one without the other, and they are applied again from the log. Never for
-// anything the log does not hold (credentials, idempotency keys).
-func (t *Tx) AsyncCommit() error {
-	if t.dialect != DialectPostgres {
-		return nil
-	}
-	if _, err := t.tx.ExecContext(t.ctx, `SELECT set_config('synchronous_commit', 'off', true)`); err != nil {
-		return fmt.Errorf("readmodels: async commit: %w", classify(err))
-	}
-	return nil
+// transaction only (a no-op on SQLite). It takes effect with the
+// transaction's checkpoint (AdvanceCheckpoint), which it needs: it is only
+// for rows derived from the log whose checkpoint moves in the same
+// transaction. A crash of the server can then lose the last few such
+// commits, rows and checkpoint together, never one without the other, and
+// they are applied again from the log. Never for anything the log does not
+// hold (credentials, idempotency keys).
+func (t *Tx) AsyncCommit() {
+	t.async = t.dialect == DialectPostgres
 }
 
 // rel is how a statement names projection table t: t itself, or on a shadow
@@ -226,19 +224,36 @@ func (tx *Tx) SetCheckpoint(name string, pos eventstore.Position) error {
 // row lock and then sees the moved checkpoint, so of two processes that
 // apply the same events only one commits.
 func (tx *Tx) AdvanceCheckpoint(name string, from, to eventstore.Position) error {
+	if err := advanceCheckpoint(tx.ctx, tx.tx, tx.async, tx.now(), name, from, to); err != nil {
+		return err
+	}
+	return tx.notify(name, to)
+}
+
+// advanceCheckpoint moves name's checkpoint from from to to in one
+// statement, or fails with ErrCheckpointMoved when it is not at from.
+// async turns off the wait for the WAL flush of the statement's
+// transaction (PostgreSQL; see Tx.AsyncCommit), in the same statement.
+func advanceCheckpoint(ctx context.Context, db interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, async bool, now time.Time, name string, from, to eventstore.Position) error {
+	returning := ""
+	if async {
+		returning = ` RETURNING set_config('synchronous_commit', 'off', true)`
+	}
 	var (
 		res sql.Result
 		err error
 	)
 	if from.IsZero() {
-		res, err = tx.tx.ExecContext(tx.ctx, `INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
+		res, err = db.ExecContext(ctx, `INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
 			ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
-			WHERE checkpoints.position = $4`,
-			name, to.String(), micros(tx.now()), from.String())
+			WHERE checkpoints.position = $4`+returning,
+			name, to.String(), micros(now), from.String())
 	} else {
-		res, err = tx.tx.ExecContext(tx.ctx, `UPDATE checkpoints SET position = $1, updated_at = $2
-			WHERE name = $3 AND position = $4`,
-			to.String(), micros(tx.now()), name, from.String())
+		res, err = db.ExecContext(ctx, `UPDATE checkpoints SET position = $1, updated_at = $2
+			WHERE name = $3 AND position = $4`+returning,
+			to.String(), micros(now), name, from.String())
 	}
 	if err != nil {
 		return fmt.Errorf("readmodels: advance checkpoint %s: %w", name, classify(err))
@@ -250,7 +265,7 @@ func (tx *Tx) AdvanceCheckpoint(name string, from, to eventstore.Position) error
 	if n != 1 {
 		return fmt.Errorf("readmodels: advance checkpoint %s from %s: %w", name, from, ErrCheckpointMoved)
 	}
-	return tx.notify(name, to)
+	return nil
 }
 
 // notify records that the transaction wrote name's checkpoint, so that
