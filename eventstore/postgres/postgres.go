@@ -461,16 +461,20 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]ev
 //
 // It must run in a statement before the one that reads the events: an
 // appender that ends between this snapshot and the lock table read is left
-// out, and only a later snapshot is sure to see its events. Ids in
-// pg_locks are 32-bit; an in-progress xid8 is matched by its low 32 bits,
-// which are unique among the running transactions.
+// out, and only a later snapshot is sure to see its events. An appender's
+// id is read from pg_stat_activity (backend_xid, the very field snapshots
+// read), not from its transaction-id lock, which a backend takes a moment
+// after its id is already in snapshots: in that moment the appender would
+// be missed and its events skipped. Ids there are 32-bit; an in-progress
+// xid8 is matched by its low 32 bits, which are unique among the running
+// transactions.
 const horizon = `WITH s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap),
 appenders AS (
-	SELECT t.transactionid::text::bigint AS xid
-	FROM pg_locks r JOIN pg_locks t ON t.virtualtransaction = r.virtualtransaction
-	WHERE r.locktype = 'relation' AND r.relation = 'streams'::regclass
-	  AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-	  AND t.locktype = 'transactionid'
+	SELECT a.backend_xid::text::bigint AS xid
+	FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+	WHERE l.locktype = 'relation' AND l.relation = 'streams'::regclass
+	  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+	  AND a.backend_xid IS NOT NULL
 )
 SELECT LEAST(
 	pg_snapshot_xmax(s.snap)::text::bigint,
