@@ -1,6 +1,8 @@
 package projections
 
 import (
+	"github.com/google/uuid"
+
 	"encoding/json"
 	"fmt"
 	"time"
@@ -128,4 +130,69 @@ func handlesAny(p Projection, evs []eventstore.RecordedEvent) bool {
 		}
 	}
 	return false
+}
+
+// rowFolder folds a batch into the rows of one table that its events touch,
+// keyed by id: each row read once, the events applied in log order with the
+// same function the live path uses, each changed row written once, in the
+// order the batch first touched them.
+type rowFolder[R any] struct {
+	handles func(eventType string) bool
+	key     func(d *event) (uuid.UUID, bool) // the row d is about; false: none
+	load    func(b *readmodels.Bulk, ids []uuid.UUID, into map[uuid.UUID]R) error
+	next    func(r R, found bool, d *event) (R, bool)
+	put     func(b *readmodels.Bulk, rows []R) error
+
+	rows    map[uuid.UUID]R
+	ids     []uuid.UUID
+	changed map[uuid.UUID]bool
+	out     []R
+}
+
+func (f *rowFolder[R]) replay(b *readmodels.Bulk, evs []event) error {
+	if f.rows == nil {
+		f.rows, f.changed = map[uuid.UUID]R{}, map[uuid.UUID]bool{}
+	}
+	clear(f.rows)
+	clear(f.changed)
+	f.ids = f.ids[:0]
+	for i := range evs {
+		d := &evs[i]
+		if d.err != nil && f.handles(d.rec.Type) {
+			return d.err
+		}
+		if id, ok := f.key(d); ok {
+			if _, seen := f.changed[id]; !seen {
+				f.changed[id] = false
+				f.ids = append(f.ids, id)
+			}
+		}
+	}
+	if len(f.ids) == 0 {
+		return nil
+	}
+	if err := f.load(b, f.ids, f.rows); err != nil {
+		return err
+	}
+	for i := range evs {
+		d := &evs[i]
+		id, ok := f.key(d)
+		if !ok {
+			continue
+		}
+		r, found := f.rows[id]
+		if r, ok := f.next(r, found, d); ok {
+			f.rows[id] = r
+			f.changed[id] = true
+		}
+	}
+	f.out = f.out[:0]
+	for _, id := range f.ids {
+		if f.changed[id] {
+			f.out = append(f.out, f.rows[id])
+		}
+	}
+	err := f.put(b, f.out)
+	clear(f.out) // let the rows go
+	return err
 }

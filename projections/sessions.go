@@ -97,64 +97,19 @@ func nextSession(s readmodels.Session, found bool, d *event) (readmodels.Session
 	return s, true
 }
 
-func (sessionsProjection) folder() folder {
-	return &sessionsFolder{rows: map[uuid.UUID]readmodels.Session{}, changed: map[uuid.UUID]bool{}}
-}
-
-// sessionsFolder folds a batch into the sessions it touches: the rows read
-// once, each changed row written once.
-type sessionsFolder struct {
-	rows    map[uuid.UUID]readmodels.Session
-	ids     []uuid.UUID // touched, in first-touch order
-	changed map[uuid.UUID]bool
-	out     []readmodels.Session
-}
-
-func (f *sessionsFolder) replay(b *readmodels.Bulk, evs []event) error {
-	clear(f.rows)
-	clear(f.changed)
-	f.ids = f.ids[:0]
-	for i := range evs {
-		d := &evs[i]
-		if d.err != nil && session.IsType(d.rec.Type) {
-			return d.err
-		}
-		if d.sess == nil {
-			continue
-		}
-		id := sessionID(d.sess)
-		if _, seen := f.changed[id]; !seen {
-			f.changed[id] = false
-			f.ids = append(f.ids, id)
-		}
+func (p sessionsProjection) folder() folder {
+	return &rowFolder[readmodels.Session]{
+		handles: p.handles,
+		key: func(d *event) (uuid.UUID, bool) {
+			if d.sess == nil {
+				return uuid.Nil, false
+			}
+			return sessionID(d.sess), true
+		},
+		load: (*readmodels.Bulk).Sessions,
+		next: nextSession,
+		put:  (*readmodels.Bulk).PutSessions,
 	}
-	if len(f.ids) == 0 {
-		return nil
-	}
-	if err := b.Sessions(f.ids, f.rows); err != nil {
-		return err
-	}
-	for i := range evs {
-		d := &evs[i]
-		if d.sess == nil {
-			continue
-		}
-		id := sessionID(d.sess)
-		s, found := f.rows[id]
-		if s, ok := nextSession(s, found, d); ok {
-			f.rows[id] = s
-			f.changed[id] = true
-		}
-	}
-	f.out = f.out[:0]
-	for _, id := range f.ids {
-		if f.changed[id] {
-			f.out = append(f.out, f.rows[id])
-		}
-	}
-	err := b.PutSessions(f.out)
-	clear(f.out)
-	return err
 }
 
 func (sessionsProjection) handles(eventType string) bool { return session.IsType(eventType) }

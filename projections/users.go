@@ -93,65 +93,19 @@ func nextUser(u readmodels.User, found bool, d *event) (readmodels.User, bool) {
 	return u, true
 }
 
-func (usersProjection) folder() folder { return &usersFolder{rows: map[uuid.UUID]readmodels.User{}} }
-
-// usersFolder folds a batch into the users it touches: the rows read once,
-// each changed row written once.
-type usersFolder struct {
-	rows    map[uuid.UUID]readmodels.User
-	ids     []uuid.UUID // touched, in first-touch order
-	changed map[uuid.UUID]bool
-	out     []readmodels.User
-}
-
-func (f *usersFolder) replay(b *readmodels.Bulk, evs []event) error {
-	clear(f.rows)
-	f.ids = f.ids[:0]
-	if f.changed == nil {
-		f.changed = map[uuid.UUID]bool{}
+func (p usersProjection) folder() folder {
+	return &rowFolder[readmodels.User]{
+		handles: p.handles,
+		key: func(d *event) (uuid.UUID, bool) {
+			if d.user == nil {
+				return uuid.Nil, false
+			}
+			return userID(d.user), true
+		},
+		load: (*readmodels.Bulk).Users,
+		next: nextUser,
+		put:  (*readmodels.Bulk).PutUsers,
 	}
-	clear(f.changed)
-	for i := range evs {
-		d := &evs[i]
-		if d.err != nil && user.IsType(d.rec.Type) {
-			return d.err
-		}
-		if d.user == nil {
-			continue
-		}
-		id := userID(d.user)
-		if _, seen := f.changed[id]; !seen {
-			f.changed[id] = false
-			f.ids = append(f.ids, id)
-		}
-	}
-	if len(f.ids) == 0 {
-		return nil
-	}
-	if err := b.Users(f.ids, f.rows); err != nil {
-		return err
-	}
-	for i := range evs {
-		d := &evs[i]
-		if d.user == nil {
-			continue
-		}
-		id := userID(d.user)
-		u, found := f.rows[id]
-		if u, ok := nextUser(u, found, d); ok {
-			f.rows[id] = u
-			f.changed[id] = true
-		}
-	}
-	f.out = f.out[:0]
-	for _, id := range f.ids {
-		if f.changed[id] {
-			f.out = append(f.out, f.rows[id])
-		}
-	}
-	err := b.PutUsers(f.out)
-	clear(f.out) // let the rows go
-	return err
 }
 
 // userID is the user an event of the user stream is about.
