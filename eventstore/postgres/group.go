@@ -175,39 +175,15 @@ func (s *Store) committed() {
 // find the events at their fallbackWake.
 //
 // A NOTIFY is a transaction with an id of its own, so its commit would wait
-// for a WAL flush like an append's. It carries no data, so the notifier's
-// connection does not wait (synchronous_commit off): the notification is
-// delivered at commit either way. That connection is taken out of the pool
-// for good, like the listener's.
+// for a WAL flush like an append's. It carries no data, so it does not wait
+// (synchronous_commit off for that one statement's transaction): the
+// notification is delivered at commit either way.
 func (s *Store) notifier() {
 	defer close(s.notifierDone)
-	var conn *pgx.Conn
-	defer func() {
-		if conn != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			_ = conn.Close(ctx)
-		}
-	}()
 	send := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if conn == nil {
-			pc, err := s.pool.Acquire(ctx)
-			if err != nil {
-				return // best effort, see above
-			}
-			conn = pc.Hijack()
-			if _, err := conn.Exec(ctx, `SET synchronous_commit = off`); err != nil {
-				_ = conn.Close(ctx)
-				conn = nil
-				return
-			}
-		}
-		if _, err := conn.Exec(ctx, `SELECT pg_notify($1, '')`, s.channel); err != nil {
-			_ = conn.Close(ctx)
-			conn = nil // reconnect at the next commit
-		}
+		_, _ = s.pool.Exec(ctx, `SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')`, s.channel) // best effort, see above
 	}
 	for {
 		select {
