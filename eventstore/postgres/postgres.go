@@ -112,7 +112,7 @@ var migrations embed.FS
 // # Waking readers
 //
 // After each commit a notifier sends pg_notify on a channel named after the
-// schema, on a connection of its own; commits made while one is being sent
+// schema, on a pooled connection; commits made while one is being sent
 // share the next. The first Wait starts one listener connection, taken out
 // of the pool, that wakes every waiter; it reconnects with backoff when it
 // drops, and Wait also wakes every fallbackWake. Waiters in the appending
