@@ -17,10 +17,20 @@ import (
 //
 // Every Append goes through a queue. A committer takes everything queued (up
 // to maxGroupCalls appends or maxGroupBytes of payload) and writes it with one
-// call of the evident_append function (migrations/00002): one statement, one
-// round trip, one transaction and one WAL flush for the whole group. The
-// function runs each append in its own subtransaction, so a wrong expected
-// version or a reused event id fails that append alone.
+// statement: one round trip, one transaction and one WAL flush for the whole
+// group.
+//
+// The statement is appendSet when the group has minSetCalls appends or more
+// and names no stream twice (the usual case): it checks and writes every
+// stream row and every event set-based, with no subtransaction. If any
+// check fails (a wrong expected version) or any row is refused (an event id
+// already in the log), the statement ends with nothing written and the group
+// is sent again as one call of the evident_append function
+// (migrations/00002), which runs each append in its own subtransaction, so
+// that a wrong expected version or a reused event id fails that append
+// alone. A group that names a stream twice goes to evident_append directly
+// (there, a later append sees the version an earlier one leaves), and so
+// does a group of one.
 //
 // Up to maxCommitters groups are in flight at once, each on its own pooled
 // connection, so that one group's flush overlaps the next group's work (the
@@ -28,13 +38,17 @@ import (
 // writer finds an idle committer and gets a group of one, at the latency of
 // a plain one-statement transaction.
 //
-// If a group's statement fails as a whole (a deadlock with another writer,
-// a lost connection), each of its appends is retried alone, so no append can
-// fail because of another one.
+// If a group's evident_append fails as a whole (a deadlock with another
+// writer, a lost connection), each of its appends is retried alone, so no
+// append can fail because of another one.
 const (
 	maxCommitters = 4
 	maxGroupCalls = 32 // each call is a subtransaction; PostgreSQL caches 64 per transaction
 	maxGroupBytes = 4 << 20
+	// minSetCalls is the smallest group written set-based. A group of one
+	// is cheaper through evident_append: the set-based statement's larger
+	// plan costs more to start than one subtransaction does.
+	minSetCalls = 2
 )
 
 // call is one Append waiting for its group.
@@ -269,24 +283,37 @@ const appendGroup = `SELECT status, detail, tx, seq, starts FROM evident_append(
 	$1::int[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::int[], $8::bigint[], $9::bigint[],
 	$10::int[], $11::bigint[], $12::uuid[], $13::text[], $14::bytea[], $15::bytea[])`
 
-// writeGroup runs one evident_append for group and maps each call's row. The
-// error is for the statement as a whole; per-call outcomes are in results.
+// writeGroup writes group and maps each call's outcome: set-based when it
+// can, else (or when the set-based statement declines) through
+// evident_append. The error is for the group as a whole; per-call outcomes
+// are in results.
 func (s *Store) writeGroup(ctx context.Context, group []*call) ([]callResult, error) {
-	a := buildGroupArgs(group)
-	args := []any{a.cGuard, a.cRequest, a.cEvent, a.gStream, a.gExpected, a.gCount,
-		a.rGuard, a.rExpected, a.rBefore, a.eGuard, a.eOffset, a.eID, a.eType, a.eData, a.eMeta}
-
-	var (
-		rows []groupRow
-		err  error
-	)
-	if s.beforeCommit == nil {
-		// One statement outside a transaction block: PostgreSQL runs it in
-		// a transaction of its own and commits it before it answers.
-		rows, err = queryGroup(ctx, s.pool, args)
-	} else {
-		rows, err = s.writeGroupHooked(ctx, args)
+	if len(group) >= minSetCalls {
+		if a := buildSetArgs(group); a != nil {
+			out, err := s.writeSet(ctx, group, a)
+			if err == nil {
+				s.setGroups.Add(1)
+				return out, nil
+			}
+			if !declined(ctx, err) {
+				return nil, wrap(ctx, "append", err)
+			}
+			s.declined.Add(1)
+		}
 	}
+	return s.writeCalls(ctx, group)
+}
+
+// writeCalls runs one evident_append for group.
+func (s *Store) writeCalls(ctx context.Context, group []*call) ([]callResult, error) {
+	a := buildGroupArgs(group)
+	var rows []groupRow
+	err := s.inTx(ctx, func(q querier) error {
+		var err error
+		rows, err = queryGroup(ctx, q, []any{a.cGuard, a.cRequest, a.cEvent, a.gStream, a.gExpected, a.gCount,
+			a.rGuard, a.rExpected, a.rBefore, a.eGuard, a.eOffset, a.eID, a.eType, a.eData, a.eMeta})
+		return err
+	})
 	if err != nil {
 		return nil, wrap(ctx, "append", err)
 	}
@@ -300,24 +327,28 @@ func (s *Store) writeGroup(ctx context.Context, group []*call) ([]callResult, er
 	return out, nil
 }
 
-// writeGroupHooked is writeGroup in an explicit transaction, with the test
-// hook between the statement and COMMIT.
-func (s *Store) writeGroupHooked(ctx context.Context, args []any) ([]groupRow, error) {
+// inTx runs fn's one statement as a transaction of its own: outside a
+// transaction block, where PostgreSQL commits it before it answers, or, with
+// the test hook, in an explicit transaction with the hook before COMMIT.
+func (s *Store) inTx(ctx context.Context, fn func(q querier) error) error {
+	if s.beforeCommit == nil {
+		return fn(s.pool)
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	rows, err := queryGroup(ctx, tx, args)
-	if err != nil {
-		return nil, err
+	if err := fn(tx); err != nil {
+		return err
 	}
 	s.beforeCommit(ctx)
-	return rows, tx.Commit(ctx)
+	return tx.Commit(ctx)
 }
 
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 type groupRow struct {

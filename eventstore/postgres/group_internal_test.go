@@ -28,16 +28,32 @@ func one(stream string, expected int64, evs ...eventstore.EventData) eventstore.
 	return eventstore.AppendRequest{Stream: stream, Expected: expected, Events: evs}
 }
 
+// seed appends each request alone.
+func seed(t *testing.T, s *Store, reqs ...eventstore.AppendRequest) {
+	t.Helper()
+	for _, r := range reqs {
+		_, err := s.Append(t.Context(), r)
+		require.NoError(t, err)
+	}
+}
+
+// withRetried opens a store whose stream "retried" holds one event, first,
+// written by the append whose result is earlier, and seeds it with reqs.
+func withRetried(t *testing.T, reqs ...eventstore.AppendRequest) (s *Store, first eventstore.EventData, earlier eventstore.AppendResult) {
+	t.Helper()
+	s = internalStore(t, 4)
+	first = event()
+	earlier, err := s.Append(t.Context(), one("retried", eventstore.NoStream, first))
+	require.NoError(t, err)
+	seed(t, s, reqs...)
+	return s, first, earlier
+}
+
 // One statement carries several appends; each succeeds or fails on its own.
 func TestGroupFailsEachAppendAlone(t *testing.T) {
 	t.Parallel()
-	s := internalStore(t, 4)
+	s, first, earlier := withRetried(t, one("taken", eventstore.NoStream))
 	ctx := t.Context()
-	first := event()
-	earlier, err := s.Append(ctx, one("retried", eventstore.NoStream, first))
-	require.NoError(t, err)
-	_, err = s.Append(ctx, one("taken", eventstore.NoStream))
-	require.NoError(t, err)
 
 	pair := []eventstore.EventData{event(), event()}
 	calls := []*call{
@@ -82,6 +98,99 @@ func TestGroupFailsEachAppendAlone(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, earlier, again)
 	}
+}
+
+// A group that names each stream once is written by the set-based
+// statement: every kind of expected version, several events, several
+// streams in one append, all in one transaction in the group's order.
+func TestSetGroupWritesEveryKindOfAppend(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	ctx := t.Context()
+	seed(t, s, one("exact", eventstore.NoStream), one("any-old", eventstore.NoStream))
+	declined := s.declined.Load()
+
+	pair := []eventstore.EventData{event(), event()}
+	calls := []*call{
+		newCall(ctx, one("new", eventstore.NoStream, pair...)),
+		newCall(ctx, one("exact", 0)),
+		newCall(ctx, one("any-old", eventstore.Any), one("any-new", eventstore.Any, event(), event())),
+	}
+	require.NotNil(t, buildSetArgs(calls))
+	s.runGroup(calls)
+	got := make([]callResult, len(calls))
+	for i, c := range calls {
+		got[i] = <-c.reply
+		require.NoError(t, got[i].err, "call %d", i)
+	}
+	assert.Equal(t, declined, s.declined.Load(), "the set-based statement did not decline")
+	assert.Equal(t, int64(1), s.setGroups.Load(), "the set-based statement wrote the group")
+	assert.Equal(t, []int64{1}, got[0].res.Versions)
+	assert.Equal(t, []int64{1}, got[1].res.Versions)
+	assert.Equal(t, []int64{1, 1}, got[2].res.Versions)
+
+	evs, err := s.ReadAll(ctx, eventstore.Position{}, 100)
+	require.NoError(t, err)
+	evs = evs[2:] // the two set-up appends
+	require.Len(t, evs, 6)
+	want := []struct {
+		stream  string
+		version int64
+	}{{"new", 0}, {"new", 1}, {"exact", 1}, {"any-old", 1}, {"any-new", 0}, {"any-new", 1}}
+	for i, w := range want {
+		assert.Equal(t, w.stream, evs[i].Stream, "event %d", i)
+		assert.Equal(t, w.version, evs[i].Version, "event %d", i)
+		assert.Equal(t, got[0].res.Position.Commit, evs[i].Position.Commit, "one transaction")
+	}
+	assert.Equal(t, pair[1].ID, evs[1].ID)
+	assert.Equal(t, evs[1].Position, got[0].res.Position, "an append's position is its last event's")
+	assert.Equal(t, evs[2].Position, got[1].res.Position)
+	assert.Equal(t, evs[5].Position, got[2].res.Position)
+}
+
+// When a check of the set-based statement fails, nothing of it is written
+// and the group is sent again call by call: each append at fault fails
+// alone, with the reason it has, and the others are written.
+func TestSetGroupDeclinesAndFailsEachAppendAlone(t *testing.T) {
+	t.Parallel()
+	s, first, earlier := withRetried(t, one("taken", eventstore.NoStream), one("moved", eventstore.NoStream, event(), event()))
+	ctx := t.Context()
+
+	for _, bad := range []struct {
+		name  string
+		req   eventstore.AppendRequest
+		match string
+		want  error
+	}{
+		{"no stream, but it exists", one("taken", eventstore.NoStream), "expected no stream, the stream exists", eventstore.ErrWrongVersion},
+		{"exact, but no stream", one("missing", 0), "expected version 0, the stream is at no stream", eventstore.ErrWrongVersion},
+		{"exact, but it moved on", one("moved", 0), "expected version 0, the stream is at 1", eventstore.ErrWrongVersion},
+		{"an id in the log", one("elsewhere", eventstore.Any, first), "", errIDTaken},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			declined := s.declined.Load()
+			good := "fresh-" + uuid.NewString()
+			calls := []*call{newCall(ctx, one(good, eventstore.NoStream)), newCall(ctx, bad.req)}
+			require.NotNil(t, buildSetArgs(calls))
+			s.runGroup(calls)
+			ok, failed := <-calls[0].reply, <-calls[1].reply
+			assert.Equal(t, declined+1, s.declined.Load(), "the set-based statement declined")
+			require.NoError(t, ok.err)
+			assert.Equal(t, []int64{0}, ok.res.Versions)
+			require.ErrorIs(t, failed.err, bad.want)
+			assert.Contains(t, failed.err.Error(), bad.match)
+			evs, err := s.ReadStream(ctx, bad.req.Stream, 0)
+			require.NoError(t, err)
+			for _, e := range evs {
+				assert.NotEqual(t, bad.req.Events[0].ID, e.ID, "nothing of the failed append is written")
+			}
+		})
+	}
+
+	// Through Append, the reused id is still recognised as a retry.
+	again, err := s.Append(ctx, one("retried", eventstore.Any, first))
+	require.NoError(t, err)
+	assert.Equal(t, earlier, again)
 }
 
 // When the statement fails as a whole, every append of the group is tried

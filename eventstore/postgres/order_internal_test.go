@@ -189,7 +189,9 @@ func TestLiveReaderNeverSkips(t *testing.T) {
 	}
 	assert.Zero(t, missing, "events the live reader never saw")
 	assert.Len(t, run.read, len(run.written))
-	t.Logf("%d events from %d appends read live, in order, none skipped", len(run.read), orderWriters*orderAppends)
+	assert.Positive(t, s.setGroups.Load(), "the load went through the set-based statement too")
+	t.Logf("%d events from %d appends read live, in order, none skipped (%d statements, %d set-based)",
+		len(run.read), orderWriters*orderAppends, s.groups.Load(), s.setGroups.Load())
 }
 
 // TestNaiveReaderSkips runs the same load against the reader the design

@@ -78,11 +78,13 @@ var migrations embed.FS
 // read. A reader that saw position P can never later find an event before P.
 // Position is {Commit: tx, Prepare: seq}.
 //
-// This rests on one rule of this package: the only statement that writes
-// the log is evident_append, and it is the first write of its transaction
-// (its first act is to lock the streams). A transaction that had an id from
-// earlier writes and only then appended would be invisible to the horizon
-// until it touched the streams.
+// This rests on one rule of this package: the only statements that write
+// the log are the two append statements (appendSet and evident_append, see
+// group.go), each alone in its transaction, and each locks the streams
+// table before it writes anything (appendSet's first act is its INSERT
+// into streams, evident_append's to lock the streams rows). A transaction
+// that had an id from earlier writes and only then appended would be
+// invisible to the horizon until it touched the streams.
 //
 // Appends are one statement, so readers normally trail the head by a
 // millisecond or two. Other transactions on the server, however long, hold
@@ -97,17 +99,19 @@ var migrations embed.FS
 // stream's row in the same transaction, in stream-name order so that two
 // multi-stream appends cannot deadlock: an exact version is an UPDATE guarded
 // by the version, NoStream an INSERT that does nothing on conflict, Any an
-// upsert. A guard that matches no row is eventstore.ErrWrongVersion; under
+// upsert (appendSet does all three as one INSERT ... ON CONFLICT, see
+// set.go). A guard that matches no row is eventstore.ErrWrongVersion; under
 // READ COMMITTED a guard that waited on a concurrent append re-checks the row
 // that append committed.
 //
 // # One statement per group of appends
 //
-// The checks and inserts run server-side, in the evident_append function
-// (migrations/00002), so an append is one round trip; concurrent appends
-// are written by the same statement, in one transaction, each in its own
-// subtransaction (group commit, see group.go). All events of a group share
-// one tx, in the order the appends were taken.
+// The checks and inserts run server-side, in one statement, so an append is
+// one round trip; concurrent appends are written by the same statement, in
+// one transaction (group commit, see group.go): set-based when the group
+// names each stream once, else by the evident_append function
+// (migrations/00002), each append in its own subtransaction. All events of
+// a group share one tx, in the order the appends were taken.
 //
 // # Waking readers
 //
@@ -148,6 +152,8 @@ type Store struct {
 	groups       atomic.Int64 // statements sent, for tests
 	grouped      atomic.Int64 // appends they carried
 	fallbacks    atomic.Int64 // groups whose statement failed as a whole
+	setGroups    atomic.Int64 // groups appendSet wrote
+	declined     atomic.Int64 // groups appendSet declined, sent again through evident_append
 }
 
 var _ eventstore.Store = (*Store)(nil)
