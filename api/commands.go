@@ -89,9 +89,13 @@ func (s *Server) answer(c echo.Context, status int, pos eventstore.Position, ver
 }
 
 func (s *Server) answerUser(c echo.Context, status int, res commands.Result) error {
-	st, version, err := s.cmd.UserState(c.Request().Context(), res.UserID, time.Time{})
-	if err != nil {
-		return err
+	// The command's own result is the stream at its version: no second read.
+	st, version := res.User, res.Version
+	if !st.Exists {
+		var err error
+		if st, version, err = s.cmd.UserState(c.Request().Context(), res.UserID, time.Time{}); err != nil {
+			return err
+		}
 	}
 	v := userView{ID: st.ID, Email: st.Email, Name: st.Name, Roles: st.Roles, Status: st.Status, Version: version, Position: res.Position}
 	return s.answer(c, status, res.Position, version, v)

@@ -387,3 +387,48 @@ func TestLoginRacingDeletionIsRefused(t *testing.T) {
 	assert.Equal(t, 1, opened)
 	assert.Equal(t, 1, revoked)
 }
+
+// readCounter is the real event store, counting the streams read.
+type readCounter struct {
+	commands.Store
+	mu    sync.Mutex
+	reads map[string]int
+}
+
+func (c *readCounter) ReadStream(ctx context.Context, stream string, from int64) ([]eventstore.RecordedEvent, error) {
+	c.mu.Lock()
+	c.reads[stream]++
+	c.mu.Unlock()
+	return c.Store.ReadStream(ctx, stream, from)
+}
+
+// A registration whose id the handler makes up has no stream to read; one
+// whose id the client gave (a retried request) reads it and finds its user.
+// Either way the result carries the user as the command left it.
+func TestRegisterReadsTheUserStreamOnlyForAGivenID(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	rc := &readCounter{Store: f.events, reads: map[string]int{}}
+	h := commands.NewHandler(rc, f.rm, f.rm, nil, commands.Options{Now: f.clock, PasswordCost: bcrypt.MinCost})
+
+	res, err := h.Register(ctx, admin, commands.RegisterInput{Email: "new@example.org", Name: "New"})
+	require.NoError(t, err)
+	assert.Zero(t, rc.reads[commands.UserStream(res.UserID)], "reads of a stream made up just now")
+	assert.Equal(t, user.State{ID: res.UserID, Exists: true, Email: "new@example.org", Name: "New",
+		Roles: []string{user.RoleMember}, Status: user.StatusPending}, res.User)
+	st, version, err := h.UserState(ctx, res.UserID, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, st, res.User, "the result is the stream's state")
+	assert.Equal(t, version, res.Version)
+
+	given := uuid.Must(uuid.NewV7())
+	in := commands.RegisterInput{Email: "given@example.org", Name: "Given", UserID: given}
+	first, err := h.Register(ctx, admin, in)
+	require.NoError(t, err)
+	again, err := h.Register(ctx, admin, in)
+	require.NoError(t, err, "the retry finds the user it made")
+	assert.Equal(t, 2, rc.reads[commands.UserStream(given)])
+	assert.True(t, again.Position.IsZero(), "nothing appended again")
+	assert.Equal(t, first.User, again.User)
+	assert.Equal(t, first.Version, again.Version)
+}

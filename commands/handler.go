@@ -112,6 +112,10 @@ type Result struct {
 	Position eventstore.Position
 	Version  int64
 	Appended int
+	// User is the user's state at Version, as the command left it (user
+	// commands only; the zero State otherwise): the stream folded, without
+	// reading it again.
+	User user.State
 }
 
 // UserStream names a user's stream.
@@ -296,11 +300,24 @@ type change struct {
 // makes the command conditional on the stream version and disables retries.
 func (h *Handler) execUser(ctx context.Context, meta Meta, id uuid.UUID, ifMatch *int64,
 	decide func(lu loadedUser, now time.Time) (change, error)) (Result, error) {
+	return h.execUserFrom(ctx, meta, id, ifMatch, false, decide)
+}
+
+// execUserFrom is execUser; fresh says that id was made for this command
+// just now (a new UUIDv7), so that its stream cannot exist yet: the first
+// attempt skips reading it and appends with "no stream", which the store
+// still checks. A retry reads it.
+func (h *Handler) execUserFrom(ctx context.Context, meta Meta, id uuid.UUID, ifMatch *int64, fresh bool,
+	decide func(lu loadedUser, now time.Time) (change, error)) (Result, error) {
 	return h.retry(ctx, func() (Result, error) {
-		lu, err := h.loadUser(ctx, id)
-		if err != nil {
-			return Result{}, err
+		lu := loadedUser{version: eventstore.NoStream}
+		if !fresh {
+			var err error
+			if lu, err = h.loadUser(ctx, id); err != nil {
+				return Result{}, err
+			}
 		}
+		fresh = false
 		if ifMatch != nil && *ifMatch != lu.version {
 			if !lu.state.Exists {
 				return Result{}, user.ErrNotFound
@@ -313,7 +330,7 @@ func (h *Handler) execUser(ctx context.Context, meta Meta, id uuid.UUID, ifMatch
 			return Result{}, err
 		}
 		if len(ch.events) == 0 {
-			return Result{UserID: id, Version: lu.version}, nil
+			return Result{UserID: id, Version: lu.version, User: lu.state}, nil
 		}
 		data, err := encode(meta, now, user.SchemaVersion, ch.events)
 		if err != nil {
@@ -327,7 +344,11 @@ func (h *Handler) execUser(ctx context.Context, meta Meta, id uuid.UUID, ifMatch
 			}
 			return Result{}, fmt.Errorf("append %s: %w", UserStream(id), err)
 		}
-		return Result{UserID: id, Position: res.Position, Version: res.Versions[0], Appended: len(data)}, nil
+		st := lu.state
+		for _, e := range ch.events {
+			st = user.Evolve(st, e)
+		}
+		return Result{UserID: id, Position: res.Position, Version: res.Versions[0], Appended: len(data), User: st}, nil
 	})
 }
 

@@ -44,7 +44,8 @@ func (h *Handler) Register(ctx context.Context, meta Meta, in RegisterInput) (Re
 		return Result{}, err
 	}
 	id := in.UserID
-	if id == uuid.Nil {
+	fresh := id == uuid.Nil // a new id has no stream yet; a client's may
+	if fresh {
 		if id, err = uuid.NewV7(); err != nil {
 			return Result{}, err
 		}
@@ -57,7 +58,7 @@ func (h *Handler) Register(ctx context.Context, meta Meta, in RegisterInput) (Re
 		meta.ActorID = Anonymous
 	}
 	cmd := user.Register{UserID: id, Email: addr, Name: name, Roles: roles, CredentialID: credID}
-	return h.execUser(ctx, meta, id, nil, func(lu loadedUser, now time.Time) (change, error) {
+	return h.execUserFrom(ctx, meta, id, nil, fresh, func(lu loadedUser, now time.Time) (change, error) {
 		if lu.state.Exists && lu.state.Email == addr && in.UserID != uuid.Nil {
 			return change{}, nil // the retry of a registration that was stored
 		}

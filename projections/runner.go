@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -189,7 +190,7 @@ func NewRunner(src Source, rm *readmodels.Store, ps []Projection, opts Options) 
 	r := &Runner{src: src, rm: rm, opts: opts, log: opts.Logger, changed: make(chan struct{})}
 	r.feed = &feed{src: src, limit: opts.BatchSize, flights: map[eventstore.Position]*flight{},
 		keep: 2*(len(ps)+len(opts.Reactors)) + 2}
-	if rm.Dialect() == readmodels.DialectSQLite && opts.Leases == nil {
+	if rm.Dialect() == readmodels.DialectPostgres || opts.Leases == nil {
 		r.group = &group{wake: make(chan struct{}, 1)}
 	}
 	for _, p := range ps {
@@ -1013,11 +1014,18 @@ func (f *feed) read(ctx context.Context, pos eventstore.Position) ([]eventstore.
 }
 
 // group applies each batch to every projection in one read-model
-// transaction, each projection still moving its own checkpoint in it. It is
-// used on SQLite, whose one write connection would otherwise commit (and
-// fsync) once per projection per batch, queueing with the appends; on
-// PostgreSQL every projection keeps its own transaction, since leases may
-// run them in different processes.
+// transaction, each projection still moving its own checkpoint in it
+// (compare-and-set, as on its own). On SQLite one write connection would
+// otherwise commit (and fsync) once per projection per batch, queueing with
+// the appends; on PostgreSQL one transaction per projection per batch costs
+// round trips (begin, checkpoint, commit) that the command waiting for its
+// read models pays.
+//
+// With leases only the projections whose lease this process holds are in
+// it: a worker joins while it holds its lease and leaves when the lease is
+// lost. A batch the group applies for a projection whose lease was lost
+// meanwhile commits only if its checkpoint is still where this process
+// left it; otherwise that part is let go and the others commit.
 //
 // A projection catches up on its own (reads and transactions of its own,
 // so that a projection being rebuilt does not hold the others back) and
@@ -1137,10 +1145,11 @@ type part struct {
 	evs      []eventstore.RecordedEvent
 }
 
-// partError is the failure of one part of a group transaction.
+// partError is the failure of parts of a group transaction (indexes in
+// increasing order).
 type partError struct {
-	part int
-	err  error
+	parts []int
+	err   error
 }
 
 func (e *partError) Error() string { return e.err.Error() }
@@ -1167,6 +1176,8 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 		}
 	}
 	g.mu.Unlock()
+	// In name order, so that every process locks the checkpoint rows alike.
+	slices.SortFunc(parts, func(a, b part) int { return strings.Compare(a.m.w.name, b.m.w.name) })
 	// Members that failed are let go together once the others have
 	// committed, so that none of them starts its own retries later than
 	// another only for having been found out later.
@@ -1183,14 +1194,36 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 	var outage int
 	for len(parts) > 0 {
 		err := r.rm.Update(ctx, func(tx *readmodels.Tx) error {
+			// Derived rows and their checkpoints: a crash loses them
+			// together and they are applied again.
+			tx.AsyncCommit()
+			// The checkpoints first, all in one statement: a part whose
+			// checkpoint moved (another process runs it now) is found
+			// before any row is written, and two processes that apply the
+			// same batch queue on the checkpoint rows, not on each other's
+			// rows.
+			moves := make([]readmodels.CheckpointMove, len(parts))
+			for i, p := range parts {
+				moves[i] = readmodels.CheckpointMove{Name: p.m.w.name, From: p.from, To: p.to}
+			}
+			if err := tx.AdvanceCheckpoints(moves); err != nil {
+				var me *readmodels.CheckpointsMovedError
+				if !errors.As(err, &me) {
+					return err
+				}
+				pe := &partError{err: err}
+				for i, p := range parts {
+					if slices.Contains(me.Names, p.m.w.name) {
+						pe.parts = append(pe.parts, i)
+					}
+				}
+				return pe
+			}
 			for i, p := range parts {
 				for j, ev := range p.evs {
 					if err := p.m.w.proj.Apply(tx, ev); err != nil {
-						return &partError{part: i, err: &applyError{index: j, err: err}}
+						return &partError{parts: []int{i}, err: &applyError{index: j, err: err}}
 					}
-				}
-				if err := tx.AdvanceCheckpoint(p.m.w.name, p.from, p.to); err != nil {
-					return &partError{part: i, err: err}
 				}
 			}
 			return nil
@@ -1213,12 +1246,14 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 		case errors.As(err, &pe) && (errors.Is(pe.err, readmodels.ErrCheckpointMoved) || !transient(pe.err)):
 			// The projection failed, not the database: the others go on
 			// without it, and it retries (and parks) on its own.
-			p := parts[pe.part]
-			parts = slices.Delete(parts, pe.part, pe.part+1)
-			r.failed(p.m.w, pe.err)
-			r.log.Warn("projections: apply failed in the shared transaction; retrying on its own",
-				"projection", p.m.w.name, "position", p.from.String(), "err", pe.err)
-			failed = append(failed, failure{p.m, errors.Is(pe.err, readmodels.ErrCheckpointMoved)})
+			for k := len(pe.parts) - 1; k >= 0; k-- {
+				p := parts[pe.parts[k]]
+				parts = slices.Delete(parts, pe.parts[k], pe.parts[k]+1)
+				r.failed(p.m.w, pe.err)
+				r.log.Warn("projections: apply failed in the shared transaction; retrying on its own",
+					"projection", p.m.w.name, "position", p.from.String(), "err", pe.err)
+				failed = append(failed, failure{p.m, errors.Is(pe.err, readmodels.ErrCheckpointMoved)})
+			}
 		default:
 			outage++
 			r.groupUnavailable(ctx, "write the read models", parts[0].evs[0].Position, err, outage)

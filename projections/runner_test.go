@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"modernc.org/sqlite"
@@ -589,6 +590,38 @@ func TestSQLiteProjectionsShareOneTransactionPerBatch(t *testing.T) {
 	for _, name := range []string{projections.NameUsers, projections.NameSessions, projections.NameActivationTokens, projections.NameAudit} {
 		assert.Equal(t, e.last(t), checkpoint(t, e, name), name)
 	}
+}
+
+// On PostgreSQL too, the projections whose leases this process holds apply
+// a batch in one transaction: their checkpoints, all at the batch's end,
+// were written by one transaction (the rows' xmin), not one per projection.
+func TestPostgresProjectionsWithLeasesShareOneTransactionPerBatch(t *testing.T) {
+	e := newEnv(t, readmodels.DialectPostgres)
+	opts := fast(5)
+	opts.Leases = always{}
+	r, _ := e.start(t, projections.All(), opts)
+	conn, err := pgx.Connect(context.Background(), e.url)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	writers := func() int {
+		var n int
+		require.NoError(t, conn.QueryRow(context.Background(),
+			`SELECT count(DISTINCT xmin::text) FROM checkpoints WHERE name = ANY($1)`,
+			[]string{projections.NameUsers, projections.NameSessions, projections.NameActivationTokens, projections.NameAudit}).Scan(&n))
+		return n
+	}
+	// The first batch each projection applies on its own, catching up; then
+	// it joins the others.
+	var last eventstore.Position
+	for range 10 {
+		id := uuid.New()
+		last = e.register(t, id, id.String()+"@x.org")
+		waitFor(t, r, last)
+	}
+	for _, name := range []string{projections.NameUsers, projections.NameSessions, projections.NameActivationTokens, projections.NameAudit} {
+		require.Equal(t, last, checkpoint(t, e, name), name)
+	}
+	assert.Equal(t, 1, writers(), "transactions that wrote the last batch's checkpoints")
 }
 
 // last is the position of the newest event of the log.

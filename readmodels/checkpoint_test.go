@@ -47,6 +47,47 @@ func testAdvanceCheckpointRefusesAMovedCheckpoint(t *testing.T, dialect string) 
 	require.NoError(t, advance(0, 1, false))
 }
 
+// AdvanceCheckpoints moves several checkpoints in one go by the same rule
+// as AdvanceCheckpoint, and names every one that was not where the caller
+// expected it.
+func TestAdvanceCheckpointsNamesEveryMovedOne(t *testing.T) {
+	eachDialect(t, func(t *testing.T, dialect string) {
+		ctx := context.Background()
+		rm := newStore(t, dialect)
+		advance := func(moves ...readmodels.CheckpointMove) error {
+			return rm.Update(ctx, func(tx *readmodels.Tx) error {
+				tx.AsyncCommit()
+				if err := tx.InsertAudit(auditRec(moves[0].To.Commit, uuid.New(), "a", "user_created", t0)); err != nil {
+					return err
+				}
+				return tx.AdvanceCheckpoints(moves)
+			})
+		}
+		mv := func(name string, from, to uint64) readmodels.CheckpointMove {
+			return readmodels.CheckpointMove{Name: name, From: eventstore.At(from), To: eventstore.At(to)}
+		}
+		ch := rm.CheckpointsChanged()
+		require.NoError(t, advance(mv("a", 0, 2), mv("b", 0, 2), mv("c", 0, 1)), "from no checkpoint")
+		assertClosed(t, ch, time.Second)
+		require.NoError(t, advance(mv("a", 2, 3), mv("b", 2, 3), mv("c", 1, 3)))
+
+		err := advance(mv("a", 3, 4), mv("b", 2, 4), mv("c", 3, 4), mv("d", 1, 4), mv("e", 0, 4))
+		require.ErrorIs(t, err, readmodels.ErrCheckpointMoved)
+		var moved *readmodels.CheckpointsMovedError
+		require.ErrorAs(t, err, &moved)
+		assert.ElementsMatch(t, []string{"b", "d"}, moved.Names, "b is elsewhere, d has none")
+
+		for name, want := range map[string]uint64{"a": 3, "b": 3, "c": 3, "e": 0} {
+			cp, err := rm.Checkpoint(ctx, name)
+			require.NoError(t, err)
+			assert.Equal(t, eventstore.At(want), cp, "%s: the refused transaction moved nothing", name)
+		}
+		d, err := rm.Dump(ctx)
+		require.NoError(t, err)
+		assert.Len(t, d["audit"], 2, "the refused transaction left no rows")
+	})
+}
+
 func TestCheckpointsChangedWakesOnCommit(t *testing.T) {
 	eachDialect(t, testCheckpointsChangedWakesOnCommit)
 }

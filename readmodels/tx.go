@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"evident/eventstore"
@@ -228,6 +229,105 @@ func (tx *Tx) AdvanceCheckpoint(name string, from, to eventstore.Position) error
 		return err
 	}
 	return tx.notify(name, to)
+}
+
+// CheckpointMove is one checkpoint moving, in AdvanceCheckpoints.
+type CheckpointMove struct {
+	Name     string
+	From, To eventstore.Position
+}
+
+// CheckpointsMovedError is ErrCheckpointMoved for some of the checkpoints of
+// an AdvanceCheckpoints: Names were not at their From.
+type CheckpointsMovedError struct{ Names []string }
+
+func (e *CheckpointsMovedError) Error() string {
+	return fmt.Sprintf("readmodels: advance checkpoints %v: %v", e.Names, ErrCheckpointMoved)
+}
+
+// Is makes a CheckpointsMovedError an ErrCheckpointMoved.
+func (e *CheckpointsMovedError) Is(target error) bool { return target == ErrCheckpointMoved }
+
+// AdvanceCheckpoints is AdvanceCheckpoint for several checkpoints at once:
+// every move whose From is not zero goes in one statement, so a transaction
+// that moves the checkpoints of several projections pays one round trip for
+// them. When some were not at their From it returns a
+// *CheckpointsMovedError naming all of them; the caller must roll back, as
+// after AdvanceCheckpoint. Names must differ.
+func (tx *Tx) AdvanceCheckpoints(moves []CheckpointMove) error {
+	var (
+		moved []string
+		a     args
+		rows  []string
+	)
+	now := a.add(micros(tx.now()))
+	for _, m := range moves {
+		if m.From.IsZero() {
+			// No row to update yet: the conditional insert of its own.
+			err := advanceCheckpoint(tx.ctx, tx.tx, tx.async, tx.now(), m.Name, m.From, m.To)
+			if errors.Is(err, ErrCheckpointMoved) {
+				moved = append(moved, m.Name)
+			} else if err != nil {
+				return err
+			}
+			continue
+		}
+		rows = append(rows, "("+a.add(m.Name)+", "+a.add(m.From.String())+", "+a.add(m.To.String())+")")
+	}
+	if len(rows) > 0 {
+		returning := "checkpoints.name"
+		if tx.async {
+			returning += ", set_config('synchronous_commit', 'off', true)"
+		}
+		// VALUES names its columns column1… on both dialects.
+		q := `UPDATE checkpoints SET position = v.column3, updated_at = ` + now + `
+			FROM (VALUES ` + strings.Join(rows, ", ") + `) AS v
+			WHERE checkpoints.name = v.column1 AND checkpoints.position = v.column2
+			RETURNING ` + returning
+		got, err := tx.updatedNames(q, a)
+		if err != nil {
+			return fmt.Errorf("readmodels: advance checkpoints: %w", classify(err))
+		}
+		for _, m := range moves {
+			if !m.From.IsZero() && !got[m.Name] {
+				moved = append(moved, m.Name)
+			}
+		}
+	}
+	if len(moved) > 0 {
+		return &CheckpointsMovedError{Names: moved}
+	}
+	if len(moves) > 0 {
+		return tx.notify(moves[0].Name, moves[0].To)
+	}
+	return nil
+}
+
+// updatedNames runs q and returns the set of its rows' first column.
+func (tx *Tx) updatedNames(q string, a args) (map[string]bool, error) {
+	rs, err := tx.tx.QueryContext(tx.ctx, q, a...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	cols, err := rs.Columns()
+	if err != nil {
+		return nil, err
+	}
+	got := map[string]bool{}
+	dest := make([]any, len(cols))
+	var name string
+	dest[0] = &name
+	for i := 1; i < len(dest); i++ {
+		dest[i] = new(sql.RawBytes)
+	}
+	for rs.Next() {
+		if err := rs.Scan(dest...); err != nil {
+			return nil, err
+		}
+		got[name] = true
+	}
+	return got, rs.Err()
 }
 
 // advanceCheckpoint moves name's checkpoint from from to to in one
