@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/google/uuid"
 	"github.com/pressly/goose/v3"
@@ -19,6 +20,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"evident/eventstore"
+	"evident/eventstore/internal/arena"
 	"evident/internal/sqlitedb"
 )
 
@@ -652,31 +654,38 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 	return evs, nil
 }
 
+// scanEvents reads rows of selectEvents. Data and metadata are copied out
+// of the driver's values into a few shared blocks (arena), not one
+// allocation per value: a replay reads the whole log through here.
 func scanEvents(rows *sql.Rows) (_ []eventstore.RecordedEvent, err error) {
 	defer func() { err = errors.Join(err, rows.Close()) }()
-	var evs []eventstore.RecordedEvent
+	var (
+		evs   []eventstore.RecordedEvent
+		bytes arena.Arena
+		// Valid until the next row; reused from row to row.
+		id, recordedAt, data, metadata sql.RawBytes
+	)
 	for rows.Next() {
 		var (
-			e              eventstore.RecordedEvent
-			pos            int64
-			id, recordedAt string
-			data, metadata []byte // database/sql copies into these
+			e   eventstore.RecordedEvent
+			pos int64
 		)
 		if err := rows.Scan(&pos, &id, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt); err != nil {
 			return nil, err
 		}
-		if e.ID, err = uuid.Parse(id); err != nil {
+		if e.ID, err = uuid.ParseBytes(id); err != nil {
 			return nil, fmt.Errorf("event at position %d: bad id: %w", pos, err)
 		}
-		if e.RecordedAt, err = time.Parse(recordedAtLayout, recordedAt); err != nil {
+		// time.Parse keeps its input only in its error, which is made
+		// from a copy.
+		if e.RecordedAt, err = time.Parse(recordedAtLayout, unsafe.String(unsafe.SliceData(recordedAt), len(recordedAt))); err != nil {
+			_, err = time.Parse(recordedAtLayout, string(recordedAt))
 			return nil, fmt.Errorf("event at position %d: bad recorded_at: %w", pos, err)
 		}
 		e.Position = eventstore.At(uint64(pos))
-		if len(data) > 0 {
-			e.Data = data
-		}
-		if len(metadata) > 0 {
-			e.Metadata = metadata
+		e.Data, e.Metadata = bytes.Bytes(data), bytes.Bytes(metadata)
+		if evs == nil {
+			evs = make([]eventstore.RecordedEvent, 0, 64)
 		}
 		evs = append(evs, e)
 	}

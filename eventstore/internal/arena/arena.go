@@ -1,0 +1,56 @@
+// Package arena copies the byte fields of the events one read returns into
+// a few shared blocks, instead of one allocation per field: a read of the
+// log (a replay reads it all) allocates per block, not per value.
+package arena
+
+import "unsafe"
+
+// blockSize is the smallest block; a larger value gets a block of its own size.
+const blockSize = 64 << 10
+
+// Arena hands out copies of byte slices from its blocks. A copy is never
+// written again once handed out, and its capacity ends where it ends, so
+// an append to it reallocates rather than overwrites its neighbour. Each
+// copy keeps its whole block alive: use an Arena for the values of one read,
+// which live and die together. The zero Arena is ready to use.
+type Arena struct {
+	block []byte
+}
+
+// Bytes returns a copy of b; nil for an empty b.
+func (a *Arena) Bytes(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	if cap(a.block)-len(a.block) < len(b) {
+		a.block = make([]byte, 0, max(blockSize, len(b)))
+	}
+	n := len(a.block)
+	a.block = append(a.block, b...)
+	return a.block[n : n+len(b) : n+len(b)]
+}
+
+// String returns b as a string backed by a copy in the arena.
+func (a *Arena) String(b []byte) string {
+	c := a.Bytes(b)
+	return unsafe.String(unsafe.SliceData(c), len(c))
+}
+
+// Interner returns one string per distinct value (event types: a handful).
+type Interner struct {
+	seen []string
+}
+
+// String returns the interned string equal to b.
+func (in *Interner) String(b []byte) string {
+	for _, s := range in.seen {
+		if s == string(b) { // no allocation for the comparison
+			return s
+		}
+	}
+	s := string(b)
+	if len(in.seen) < 64 {
+		in.seen = append(in.seen, s)
+	}
+	return s
+}
