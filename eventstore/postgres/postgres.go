@@ -595,33 +595,33 @@ func (s *Store) readAllNaive(ctx context.Context, after eventstore.Position, lim
 func scanEvents(rows pgx.Rows) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
 	var (
-		evs   []eventstore.RecordedEvent
+		evs   arena.Events
 		bytes arena.Arena
 		types arena.Interner
+		// Scanned into row after row: declared once, as Scan's pointers
+		// would move each row's to the heap.
+		e                           eventstore.RecordedEvent
+		txid, seq                   int64
+		stream, typ, data, metadata pgtype.DriverBytes // valid until the next row
+		recordedAt                  time.Time
+		dst                         = []any{&txid, &seq, &e.ID, &stream, &e.Version, &typ, &data, &metadata, &recordedAt}
 	)
 	for rows.Next() {
-		var (
-			e                           eventstore.RecordedEvent
-			txid, seq                   int64
-			stream, typ, data, metadata pgtype.DriverBytes // valid until the next row
-			recordedAt                  time.Time
-		)
-		if err := rows.Scan(&txid, &seq, &e.ID, &stream, &e.Version, &typ, &data, &metadata, &recordedAt); err != nil {
+		if err := rows.Scan(dst...); err != nil {
+			evs.Release()
 			return nil, err
 		}
 		e.Position = eventstore.Position{Commit: uint64(txid), Prepare: uint64(seq)}
 		e.RecordedAt = recordedAt.UTC()
 		e.Stream, e.Type = bytes.String(stream), types.String(typ)
 		e.Data, e.Metadata = bytes.Bytes(data), bytes.Bytes(metadata)
-		if evs == nil {
-			evs = make([]eventstore.RecordedEvent, 0, 64)
-		}
-		evs = append(evs, e)
+		evs.Add(&e)
 	}
 	if err := rows.Err(); err != nil {
+		evs.Release()
 		return nil, err
 	}
-	return evs, nil
+	return evs.Done(), nil
 }
 
 // Wait returns nil as soon as an event after after is readable, when an

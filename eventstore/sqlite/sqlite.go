@@ -660,17 +660,19 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 func scanEvents(rows *sql.Rows) (_ []eventstore.RecordedEvent, err error) {
 	defer func() { err = errors.Join(err, rows.Close()) }()
 	var (
-		evs   []eventstore.RecordedEvent
+		evs   arena.Events
 		bytes arena.Arena
-		// Valid until the next row; reused from row to row.
+		// Scanned into row after row: declared once, as Scan's pointers
+		// would move each row's to the heap. The RawBytes are valid until
+		// the next row.
+		e                              eventstore.RecordedEvent
+		pos                            int64
 		id, recordedAt, data, metadata sql.RawBytes
+		dst                            = []any{&pos, &id, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt}
 	)
+	defer evs.Release() // after Done, nothing
 	for rows.Next() {
-		var (
-			e   eventstore.RecordedEvent
-			pos int64
-		)
-		if err := rows.Scan(&pos, &id, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt); err != nil {
+		if err := rows.Scan(dst...); err != nil {
 			return nil, err
 		}
 		if e.ID, err = uuid.ParseBytes(id); err != nil {
@@ -684,15 +686,12 @@ func scanEvents(rows *sql.Rows) (_ []eventstore.RecordedEvent, err error) {
 		}
 		e.Position = eventstore.At(uint64(pos))
 		e.Data, e.Metadata = bytes.Bytes(data), bytes.Bytes(metadata)
-		if evs == nil {
-			evs = make([]eventstore.RecordedEvent, 0, 64)
-		}
-		evs = append(evs, e)
+		evs.Add(&e)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	return evs, nil
+	return evs.Done(), nil
 }
 
 // Wait returns nil as soon as an event after after exists, when an append in

@@ -1,9 +1,16 @@
-// Package arena copies the byte fields of the events one read returns into
-// a few shared blocks, instead of one allocation per field: a read of the
-// log (a replay reads it all) allocates per block, not per value.
+// Package arena keeps the allocations of a read of the log few: the byte
+// fields of the events one read returns are copied into a few shared
+// blocks, instead of one allocation per field, and the events themselves
+// into a slice of their exact number. A replay reads the whole log.
 package arena
 
-import "unsafe"
+import (
+	"slices"
+	"sync"
+	"unsafe"
+
+	"evident/eventstore"
+)
 
 // blockSize is the smallest block; a larger value gets a block of its own size.
 const blockSize = 64 << 10
@@ -53,4 +60,46 @@ func (in *Interner) String(b []byte) string {
 		in.seen = append(in.seen, s)
 	}
 	return s
+}
+
+// scratch holds the events of reads in progress, so that a read returns a
+// slice of exactly its events (one allocation) rather than one grown by
+// doubling (twice its size and more).
+var scratch = sync.Pool{New: func() any { return new([]eventstore.RecordedEvent) }}
+
+// Events collects the events of one read. Add each, then take the result
+// with Done, which also releases the Events.
+type Events struct {
+	evs *[]eventstore.RecordedEvent
+}
+
+// Add appends e.
+func (c *Events) Add(e *eventstore.RecordedEvent) {
+	if c.evs == nil {
+		c.evs = scratch.Get().(*[]eventstore.RecordedEvent)
+	}
+	*c.evs = append(*c.evs, *e)
+}
+
+// Done returns the events added, in order (nil when none), and releases c.
+func (c *Events) Done() []eventstore.RecordedEvent {
+	if c.evs == nil {
+		return nil
+	}
+	out := slices.Clone(*c.evs)
+	c.Release()
+	return out
+}
+
+// Release lets the events added go without returning them (a failed read).
+func (c *Events) Release() {
+	if c.evs == nil {
+		return
+	}
+	clear(*c.evs) // hold no event's bytes in the pool
+	*c.evs = (*c.evs)[:0]
+	if cap(*c.evs) <= 1<<14 {
+		scratch.Put(c.evs)
+	}
+	c.evs = nil
 }

@@ -3,6 +3,8 @@ package arena
 import (
 	"bytes"
 	"testing"
+
+	"evident/eventstore"
 )
 
 // A copy is the value it was made from, and appending to one never
@@ -38,5 +40,32 @@ func TestInternerReturnsOneStringPerValue(t *testing.T) {
 	b := in.String([]byte("user.created"))
 	if a != "user.created" || b != a || len(in.seen) != 1 {
 		t.Fatalf("interned %q, %q, %d kept", a, b, len(in.seen))
+	}
+}
+
+// A read's events are its own: the next read, which reuses the scratch
+// slice, leaves them as they were.
+func TestEventsOfOneReadStayItsOwn(t *testing.T) {
+	var first Events
+	for i := range 3 {
+		first.Add(&eventstore.RecordedEvent{Stream: "a", Version: int64(i)})
+	}
+	got := first.Done()
+	var second Events
+	for i := range 5 {
+		second.Add(&eventstore.RecordedEvent{Stream: "b", Version: int64(10 + i)})
+	}
+	_ = second.Done()
+	if len(got) != 3 || cap(got) != 3 {
+		t.Fatalf("len %d cap %d, want 3 and 3", len(got), cap(got))
+	}
+	for i, e := range got {
+		if e.Stream != "a" || e.Version != int64(i) {
+			t.Fatalf("event %d became %+v", i, e)
+		}
+	}
+	var none Events
+	if none.Done() != nil {
+		t.Fatal("no events must read as nil")
 	}
 }
