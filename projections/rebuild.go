@@ -74,9 +74,12 @@ func rebuildInPlace(ctx context.Context, r *Runner, ps []Projection) error {
 }
 
 // replayBatch is how many events a replay reads, and writes in one
-// transaction. It bounds the replay's memory. (A variable only so that the
-// tests can make batches small.)
-var replayBatch = 1000
+// transaction. It bounds the replay's memory (two batches are held: one
+// written, one read ahead; a few MiB). Each batch costs a dozen round trips
+// and rewrites the rows it shares with the next one, so fewer, larger
+// batches write less. (A variable only so that the tests can make batches
+// small.)
+var replayBatch = 4000
 
 // target is a projection a replay writes: its checkpoint key, its folder,
 // and the shadow its rows go to (nil: the live tables).
@@ -317,6 +320,13 @@ func rebuildShadowed(ctx context.Context, live *Runner, ps []Projection) (err er
 		shs[i] = s.(shadowed).sh
 	}
 	if targets, ok := replayTargets(ps, shs); ok {
+		// A batched replay looks rows up only through the indexes this
+		// keeps; the others are built once, after it (Switch).
+		for i, sh := range shs {
+			if err := sh.DeferIndexes(ctx); err != nil {
+				return fmt.Errorf("projections: rebuild %s: %w", ps[i].Name(), err)
+			}
+		}
 		_ = replay(ctx, r, targets)
 	} else {
 		var wg sync.WaitGroup
