@@ -17,13 +17,14 @@ import (
 
 // Replay writes the batches of a replay (projections.Rebuild): one
 // transaction per batch, whose rows a projection has folded in memory and
-// writes many per statement — multi-row upserts, and for the insert-only
-// audit table COPY into a shadow table on PostgreSQL. The rows it writes are
+// writes with one statement per table — an upsert of the rows as one JSON
+// argument (putRows), and for the insert-only audit table COPY into a
+// shadow table on PostgreSQL. The rows it writes are
 // the ones the Tx methods would have written event by event. Build it with
 // Store.NewReplay and Close it when done; it is not safe for concurrent use.
 type Replay struct {
 	s *Store
-	// stmts are the multi-row statements by text. SQLite prepares them once
+	// stmts are the statements by text. SQLite prepares them once
 	// (on its one write connection); PostgreSQL caches them itself (pgx).
 	stmts   map[string]*sql.Stmt
 	pending []string           // met in the current transaction, not yet in stmts
