@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/google/uuid"
@@ -16,13 +17,14 @@ import (
 
 // Replay writes the batches of a replay (projections.Rebuild): one
 // transaction per batch, whose rows a projection has folded in memory and
-// writes many per statement — multi-row upserts, and for the insert-only
-// audit table COPY into a shadow table on PostgreSQL. The rows it writes are
+// writes with one statement per table — an upsert of the rows as one JSON
+// argument (putRows), and for the insert-only audit table COPY into a
+// shadow table on PostgreSQL. The rows it writes are
 // the ones the Tx methods would have written event by event. Build it with
 // Store.NewReplay and Close it when done; it is not safe for concurrent use.
 type Replay struct {
 	s *Store
-	// stmts are the multi-row statements by text. SQLite prepares them once
+	// stmts are the statements by text. SQLite prepares them once
 	// (on its one write connection); PostgreSQL caches them itself (pgx).
 	stmts   map[string]*sql.Stmt
 	pending []string           // met in the current transaction, not yet in stmts
@@ -34,7 +36,6 @@ type Replay struct {
 type textKey struct {
 	table string // as the Tx names it (rel)
 	kind  byte   // 'w' write, 'r' read
-	n     int    // rows or keys
 	col   string // read: the key column
 }
 
@@ -123,23 +124,6 @@ type TokenRow struct {
 	Version int64
 }
 
-// maxRows is the most rows one multi-row statement writes; fewer are
-// written by statements of power-of-two sizes, so that a table needs at
-// most a handful of statement texts.
-const maxRows = 64
-
-// chunk is how many of n rows the next statement writes.
-func chunk(n int) int {
-	if n >= maxRows {
-		return maxRows
-	}
-	c := 1
-	for c*2 <= n {
-		c *= 2
-	}
-	return c
-}
-
 // text returns (and remembers) the statement text build makes for k.
 func (b *Bulk) text(k textKey, build func() string) string {
 	if q, ok := b.r.texts[k]; ok {
@@ -211,91 +195,125 @@ func (b *Bulk) query(q string, args []any) (*sql.Rows, error) {
 	return b.tx.tx.QueryContext(b.tx.ctx, q, args...)
 }
 
-// writeRows writes n rows with INSERT INTO table (columns) VALUES … suffix,
-// up to maxRows per statement; row appends the values of row i.
-func (b *Bulk) writeRows(table, columns string, ncols int, suffix string, n int, row func(a []any, i int) []any) error {
-	rel := b.tx.rel(table)
-	for i := 0; i < n; {
-		c := chunk(n - i)
-		q := b.text(textKey{table: rel, kind: 'w', n: c}, func() string {
-			var sb strings.Builder
-			sb.WriteString("INSERT INTO " + rel + " (" + columns + ") VALUES ")
-			p := 0
-			for r := range c {
-				if r > 0 {
-					sb.WriteString(", ")
-				}
-				sb.WriteByte('(')
-				for col := range ncols {
-					if col > 0 {
-						sb.WriteString(", ")
-					}
-					p++
-					sb.WriteString("$" + strconv.Itoa(p))
-				}
-				sb.WriteByte(')')
-			}
-			sb.WriteString(" " + suffix)
-			return sb.String()
-		})
-		a := b.r.args[:0]
-		for r := range c {
-			a = row(a, i+r)
-		}
-		b.r.args = a
-		err := b.exec(q, a)
-		clear(a) // let the values go
-		if err != nil {
-			return err
-		}
-		i += c
+// putRows writes n rows with one statement, INSERT INTO table (columns)
+// SELECT … suffix, whose one argument is the rows as a JSON array of arrays
+// (row appends the values of row i, in columns order, between the brackets;
+// types are the columns' SQL types, "" for text). PostgreSQL reads the rows
+// with jsonb_array_elements, SQLite with jsonb_each. One argument for a
+// whole batch: binding every value, each boxed, was most of a replay's
+// allocations, and cost the server a parse and plan per 64 rows.
+func (b *Bulk) putRows(table, columns string, types []string, suffix string, n int, row func(buf []byte, i int) []byte) error {
+	if n == 0 {
+		return nil
 	}
-	return nil
+	rel := b.tx.rel(table)
+	q := b.text(textKey{table: rel, kind: 'w'}, func() string {
+		var sb strings.Builder
+		sb.WriteString("INSERT INTO " + rel + " (" + columns + ") SELECT ")
+		for i, t := range types {
+			if i > 0 {
+				sb.WriteString(", ")
+			}
+			if b.tx.dialect == DialectPostgres {
+				sb.WriteString("(r->>" + strconv.Itoa(i) + ")")
+				if t != "" {
+					sb.WriteString("::" + t)
+				}
+			} else {
+				sb.WriteString("value->>" + strconv.Itoa(i))
+			}
+		}
+		if b.tx.dialect == DialectPostgres {
+			sb.WriteString(" FROM jsonb_array_elements($1::jsonb) AS r ")
+		} else {
+			// WHERE true: SQLite would read ON CONFLICT as a join's ON.
+			sb.WriteString(" FROM jsonb_each($1) WHERE true ")
+		}
+		sb.WriteString(suffix)
+		return sb.String()
+	})
+	buf := append(b.r.buf[:0], '[')
+	for i := range n {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '[')
+		buf = row(buf, i)
+		buf = append(buf, ']')
+	}
+	buf = append(buf, ']')
+	b.r.buf = buf
+	// Both drivers copy a text argument while they bind it, and buf is not
+	// touched until the statement has run: no copy of the batch on the Go
+	// heap is needed. (A []byte would bind as a BLOB on SQLite, which its
+	// JSON functions read as JSONB.)
+	arg := unsafe.String(unsafe.SliceData(buf), len(buf))
+	b.r.args = append(b.r.args[:0], arg)
+	err := b.exec(q, b.r.args)
+	clear(b.r.args)
+	return err
 }
 
-// readRows runs SELECT columns FROM table WHERE col IN keys, in chunks, and
-// hands each row to scan.
+// readRows runs SELECT columns FROM table WHERE col IN keys, one statement
+// for all keys, and hands each row to scan.
 func (b *Bulk) readRows(table, columns, col string, keys []string, scan func(*sql.Rows) error) error {
-	rel := b.tx.rel(table)
-	for i := 0; i < len(keys); {
-		c := chunk(len(keys) - i)
-		q := b.text(textKey{table: rel, kind: 'r', n: c, col: col}, func() string {
-			var sb strings.Builder
-			sb.WriteString("SELECT " + columns + " FROM " + rel + " WHERE " + col + " IN (")
-			for p := range c {
-				if p > 0 {
-					sb.WriteString(", ")
-				}
-				sb.WriteString("$" + strconv.Itoa(p+1))
-			}
-			sb.WriteByte(')')
-			return sb.String()
-		})
-		a := b.r.args[:0]
-		for _, k := range keys[i : i+c] {
-			a = append(a, k)
-		}
-		b.r.args = a
-		rows, err := b.query(q, a)
-		clear(a)
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			if err := scan(rows); err != nil {
-				rows.Close()
-				return err
-			}
-		}
-		if err := rows.Close(); err != nil {
-			return err
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		i += c
+	if len(keys) == 0 {
+		return nil
 	}
-	return nil
+	rel := b.tx.rel(table)
+	q := b.text(textKey{table: rel, kind: 'r', col: col}, func() string {
+		if b.tx.dialect == DialectPostgres {
+			return "SELECT " + columns + " FROM " + rel + " WHERE " + col + " = ANY($1)"
+		}
+		return "SELECT " + columns + " FROM " + rel + " WHERE " + col + " IN (SELECT value FROM json_each($1))"
+	})
+	var arg any = keys
+	if b.tx.dialect != DialectPostgres {
+		buf := append(b.r.buf[:0], '[')
+		for i, k := range keys {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendJSONString(buf, k)
+		}
+		buf = append(buf, ']')
+		b.r.buf = buf
+		arg = unsafe.String(unsafe.SliceData(buf), len(buf)) // as in putRows
+	}
+	b.r.args = append(b.r.args[:0], arg)
+	rows, err := b.query(q, b.r.args)
+	clear(b.r.args)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			rows.Close()
+			return err
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	return rows.Err()
+}
+
+// JSON values of a row for putRows.
+
+func appendUUIDString(dst []byte, id uuid.UUID) []byte {
+	dst = append(dst, '"')
+	dst = appendUUID(dst, id)
+	return append(dst, '"')
+}
+
+func appendInt(dst []byte, v int64) []byte { return strconv.AppendInt(dst, v, 10) }
+
+// appendNullMicros appends t in unix microseconds, or null.
+func appendNullMicros(dst []byte, t *time.Time) []byte {
+	if t == nil {
+		return append(dst, "null"...)
+	}
+	return appendInt(dst, micros(*t))
 }
 
 func uuidStrings(ids []uuid.UUID) []string {
@@ -326,24 +344,54 @@ func (b *Bulk) Users(ids []uuid.UUID, into map[uuid.UUID]User) error {
 // row of an older version. Each id at most once.
 func (b *Bulk) PutUsers(us []User) error {
 	var roles []byte
-	err := b.writeRows("users", userColumns, 11, `ON CONFLICT (id) DO UPDATE SET
+	err := b.putRows("users", userColumns, userTypes, `ON CONFLICT (id) DO UPDATE SET
 			email = excluded.email, name = excluded.name, roles = excluded.roles,
 			status = excluded.status, version = excluded.version,
 			created_at = excluded.created_at, updated_at = excluded.updated_at,
 			activated_at = excluded.activated_at, deleted_at = excluded.deleted_at,
 			position = excluded.position
-		WHERE users.version < excluded.version`, len(us), func(a []any, i int) []any {
+		WHERE users.version < excluded.version`, len(us), func(buf []byte, i int) []byte {
 		u := &us[i]
 		roles = appendRoles(roles[:0], u.Roles)
-		return append(a, u.ID.String(), u.Email, u.Name, string(roles), u.Status, u.Version,
-			micros(u.CreatedAt), micros(u.UpdatedAt), nullMicros(u.ActivatedAt), nullMicros(u.DeletedAt),
-			u.Position.String())
+		buf = appendUUIDString(buf, u.ID)
+		for _, v := range [...]string{u.Email, u.Name} {
+			buf = append(buf, ',')
+			buf = appendJSONString(buf, v)
+		}
+		buf = append(buf, ',')
+		buf = appendJSONString(buf, roles)
+		buf = append(buf, ',')
+		buf = appendJSONString(buf, u.Status)
+		for _, v := range [...]int64{u.Version, micros(u.CreatedAt), micros(u.UpdatedAt)} {
+			buf = append(buf, ',')
+			buf = appendInt(buf, v)
+		}
+		for _, t := range [...]*time.Time{u.ActivatedAt, u.DeletedAt} {
+			buf = append(buf, ',')
+			buf = appendNullMicros(buf, t)
+		}
+		buf = append(buf, ',', '"')
+		buf = strconv.AppendUint(buf, u.Position.Commit, 10)
+		if u.Position.Prepare != u.Position.Commit {
+			buf = append(buf, '/')
+			buf = strconv.AppendUint(buf, u.Position.Prepare, 10)
+		}
+		return append(buf, '"')
 	})
 	if err != nil {
 		return fmt.Errorf("readmodels: put users: %w", classify(err))
 	}
 	return nil
 }
+
+// The SQL types of userColumns, rawSessionColumns, tokenRowColumns and
+// auditColumns for putRows ("" for text).
+var (
+	userTypes    = []string{"", "", "", "", "", "bigint", "bigint", "bigint", "bigint", "bigint", ""}
+	sessionTypes = []string{"", "", "", "bigint", "bigint", "bigint", "", "bigint"}
+	tokenTypes   = []string{"", "", "", "", "bigint", "bigint", "bigint", "bigint"}
+	auditTypes   = []string{"", "", "", "", "", "", "", "", "", "", "", "bigint", "bigint", "bigint"}
+)
 
 // appendRoles appends roles as PutUser stores them (a JSON array, never null).
 func appendRoles(dst []byte, roles []string) []byte {
@@ -376,15 +424,28 @@ func (b *Bulk) Sessions(ids []uuid.UUID, into map[uuid.UUID]Session) error {
 
 // PutSessions writes sessions as PutSession does each. Each id at most once.
 func (b *Bulk) PutSessions(ss []Session) error {
-	err := b.writeRows("sessions", rawSessionColumns, 8, `ON CONFLICT (id) DO UPDATE SET
+	err := b.putRows("sessions", rawSessionColumns, sessionTypes, `ON CONFLICT (id) DO UPDATE SET
 			user_id = excluded.user_id, status = excluded.status,
 			created_at = excluded.created_at, expires_at = excluded.expires_at,
 			ended_at = excluded.ended_at, end_reason = excluded.end_reason,
 			version = excluded.version
-		WHERE sessions.version < excluded.version`, len(ss), func(a []any, i int) []any {
+		WHERE sessions.version < excluded.version`, len(ss), func(buf []byte, i int) []byte {
 		s := &ss[i]
-		return append(a, s.ID.String(), s.UserID.String(), s.Status, micros(s.CreatedAt), micros(s.ExpiresAt),
-			nullMicros(s.EndedAt), s.EndReason, s.Version)
+		buf = appendUUIDString(buf, s.ID)
+		buf = append(buf, ',')
+		buf = appendUUIDString(buf, s.UserID)
+		buf = append(buf, ',')
+		buf = appendJSONString(buf, s.Status)
+		for _, v := range [...]int64{micros(s.CreatedAt), micros(s.ExpiresAt)} {
+			buf = append(buf, ',')
+			buf = appendInt(buf, v)
+		}
+		buf = append(buf, ',')
+		buf = appendNullMicros(buf, s.EndedAt)
+		buf = append(buf, ',')
+		buf = appendJSONString(buf, s.EndReason)
+		buf = append(buf, ',')
+		return appendInt(buf, s.Version)
 	})
 	if err != nil {
 		return fmt.Errorf("readmodels: put sessions: %w", classify(err))
@@ -428,14 +489,27 @@ func (b *Bulk) ActivationTokens(userIDs []uuid.UUID, hashes []string, into map[s
 // PutActivationTokens writes tokens: inserted, or overwriting a row of an
 // older version. Each hash at most once.
 func (b *Bulk) PutActivationTokens(ts []TokenRow) error {
-	err := b.writeRows("activation_tokens", tokenRowColumns, 8, `ON CONFLICT (token_hash) DO UPDATE SET
+	err := b.putRows("activation_tokens", tokenRowColumns, tokenTypes, `ON CONFLICT (token_hash) DO UPDATE SET
 			user_id = excluded.user_id, status = excluded.status, requested_by = excluded.requested_by,
 			created_at = excluded.created_at, expires_at = excluded.expires_at,
 			ended_at = excluded.ended_at, version = excluded.version
-		WHERE activation_tokens.version < excluded.version`, len(ts), func(a []any, i int) []any {
+		WHERE activation_tokens.version < excluded.version`, len(ts), func(buf []byte, i int) []byte {
 		t := &ts[i]
-		return append(a, t.TokenHash, t.UserID.String(), t.Status, t.RequestedBy,
-			micros(t.CreatedAt), micros(t.ExpiresAt), nullMicros(t.EndedAt), t.Version)
+		buf = appendJSONString(buf, t.TokenHash)
+		buf = append(buf, ',')
+		buf = appendUUIDString(buf, t.UserID)
+		for _, v := range [...]string{t.Status, t.RequestedBy} {
+			buf = append(buf, ',')
+			buf = appendJSONString(buf, v)
+		}
+		for _, v := range [...]int64{micros(t.CreatedAt), micros(t.ExpiresAt)} {
+			buf = append(buf, ',')
+			buf = appendInt(buf, v)
+		}
+		buf = append(buf, ',')
+		buf = appendNullMicros(buf, t.EndedAt)
+		buf = append(buf, ',')
+		return appendInt(buf, t.Version)
 	})
 	if err != nil {
 		return fmt.Errorf("readmodels: put activation tokens: %w", classify(err))
@@ -478,14 +552,9 @@ func (b *Bulk) InsertAudit(rs []AuditRecord) error {
 		}
 		return nil
 	}
-	var err error
-	if b.tx.dialect == DialectSQLite && b.tx.shadows == nil {
-		err = b.insertAuditJSON(rs)
-	} else {
-		err = b.writeRows("audit", auditColumns, 14, `ON CONFLICT DO NOTHING`, len(rs), func(a []any, i int) []any {
-			return auditValues(a, &rs[i])
-		})
-	}
+	err := b.putRows("audit", auditColumns, auditTypes, `ON CONFLICT DO NOTHING`, len(rs), func(buf []byte, i int) []byte {
+		return appendAuditRow(buf, &rs[i])
+	})
 	if err != nil {
 		return fmt.Errorf("readmodels: insert audit: %w", classify(err))
 	}
@@ -513,68 +582,37 @@ func (b *Bulk) copyAudit(table string, rs []AuditRecord) error {
 	})
 }
 
-// auditFromJSON inserts the audit rows of a JSON array of arrays (values in
-// auditColumns order) on SQLite: one argument for a whole batch, where
-// binding fourteen per row cost most of the replay's allocations.
-const auditFromJSON = `INSERT INTO audit (` + auditColumns + `)
-	SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6,
-		value->>7, value->>8, value->>9, value->>10, value->>11, value->>12, value->>13
-	FROM json_each($1) WHERE true
-	ON CONFLICT DO NOTHING`
-
-func (b *Bulk) insertAuditJSON(rs []AuditRecord) error {
-	buf := append(b.r.buf[:0], '[')
-	for i := range rs {
-		r := &rs[i]
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = append(buf, '[', '"')
-		buf = appendUUID(buf, r.EventID)
-		buf = append(buf, '"', ',')
-		buf = appendJSONString(buf, r.EventType)
+// appendAuditRow appends the JSON values (auditColumns) of r as InsertAudit
+// writes them.
+func appendAuditRow(buf []byte, r *AuditRecord) []byte {
+	buf = appendUUIDString(buf, r.EventID)
+	for _, v := range [...]string{r.EventType, r.AggregateID, r.AggregateType} {
 		buf = append(buf, ',')
-		buf = appendJSONString(buf, r.AggregateID)
+		buf = appendJSONString(buf, v)
+	}
+	buf = append(buf, ',')
+	if r.UserID != nil {
+		buf = appendUUIDString(buf, *r.UserID)
+	} else {
+		buf = append(buf, "null"...)
+	}
+	for _, v := range [...]string{r.ActorID, r.Action, r.Resource, r.ResourceID} {
 		buf = append(buf, ',')
-		buf = appendJSONString(buf, r.AggregateType)
-		if r.UserID != nil {
-			buf = append(buf, ',', '"')
-			buf = appendUUID(buf, *r.UserID)
-			buf = append(buf, '"')
+		buf = appendJSONString(buf, v)
+	}
+	for _, v := range [...][]byte{r.Details, r.Metadata} {
+		buf = append(buf, ',')
+		if len(v) == 0 {
+			buf = append(buf, `"{}"`...)
 		} else {
-			buf = append(buf, ",null"...)
-		}
-		for _, v := range [...]string{r.ActorID, r.Action, r.Resource, r.ResourceID} {
-			buf = append(buf, ',')
 			buf = appendJSONString(buf, v)
 		}
-		for _, v := range [...][]byte{r.Details, r.Metadata} {
-			buf = append(buf, ',')
-			if len(v) == 0 {
-				buf = append(buf, `"{}"`...)
-			} else {
-				buf = appendJSONString(buf, v)
-			}
-		}
-		buf = append(buf, ',')
-		buf = strconv.AppendInt(buf, micros(r.OccurredAt), 10)
-		buf = append(buf, ',')
-		buf = strconv.AppendInt(buf, int64(r.Position.Commit), 10)
-		buf = append(buf, ',')
-		buf = strconv.AppendInt(buf, int64(r.Position.Prepare), 10)
-		buf = append(buf, ']')
 	}
-	buf = append(buf, ']')
-	b.r.buf = buf
-	// The driver copies a text argument into SQLite while it binds it, and
-	// buf is not touched until the statement has run: no copy of the batch
-	// on the Go heap is needed. (A []byte would bind as a BLOB, which
-	// SQLite's JSON functions read as JSONB.)
-	arg := unsafe.String(unsafe.SliceData(buf), len(buf))
-	b.r.args = append(b.r.args[:0], arg)
-	err := b.exec(auditFromJSON, b.r.args)
-	clear(b.r.args)
-	return err
+	for _, v := range [...]int64{micros(r.OccurredAt), int64(r.Position.Commit), int64(r.Position.Prepare)} {
+		buf = append(buf, ',')
+		buf = appendInt(buf, v)
+	}
+	return buf
 }
 
 // appendUUID appends id in its canonical text form, as uuid.UUID.String.

@@ -39,6 +39,7 @@ type Shadow struct {
 	tables     []string          // live names
 	names      map[string]string // live name → shadow name
 	oids       map[string]int64  // shadow name → OID as made, to tell a later rebuild's apart
+	deferred   []string          // CREATE INDEX statements DeferIndexes put off, for BuildIndexes
 }
 
 // NewShadow drops what an earlier rebuild of projection left behind and
@@ -106,6 +107,86 @@ func (sh *Shadow) Bulk(b *Bulk) *Bulk {
 	return &Bulk{r: b.r, tx: sh.Tx(b.tx), conn: b.conn, local: b.local}
 }
 
+// lookupColumns are the columns, besides primary keys and unique
+// constraints, by which a replay or a catch-up looks rows of a table up
+// (Bulk.ActivationTokens, Tx.ChangeActivationTokens): DeferIndexes keeps
+// the indexes that lead with them.
+var lookupColumns = map[string]string{"activation_tokens": "user_id"}
+
+// DeferIndexes drops the shadow's secondary indexes that no replay looks
+// rows up by, to build them again, each in one pass over the filled table,
+// in BuildIndexes (Switch calls it): cheaper than keeping them up to date
+// row by row while a replay fills the table. Constraints and the indexes a
+// replay reads through stay. Until BuildIndexes the shadow answers only
+// the replay's lookups quickly; nothing else reads it.
+func (sh *Shadow) DeferIndexes(ctx context.Context) error {
+	return sh.s.Update(ctx, func(tx *Tx) error {
+		for _, t := range sh.tables {
+			st := sh.names[t]
+			rows, err := tx.tx.QueryContext(ctx, `SELECT c.relname, pg_get_indexdef(i.indexrelid), a.attname
+				FROM pg_index i
+				JOIN pg_class c ON c.oid = i.indexrelid
+				JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+				WHERE i.indrelid = $1::text::regclass
+				  AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+				ORDER BY c.relname`, st)
+			if err != nil {
+				return fmt.Errorf("readmodels: defer indexes of %s: %w", st, classify(err))
+			}
+			var names, defs []string
+			for rows.Next() {
+				var name, def, lead string
+				if err := rows.Scan(&name, &def, &lead); err != nil {
+					rows.Close()
+					return fmt.Errorf("readmodels: defer indexes of %s: %w", st, classify(err))
+				}
+				if lead != lookupColumns[t] {
+					names, defs = append(names, name), append(defs, def)
+				}
+			}
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("readmodels: defer indexes of %s: %w", st, classify(err))
+			}
+			for _, n := range names {
+				if _, err := tx.tx.ExecContext(ctx, `DROP INDEX `+pgx.Identifier{n}.Sanitize()); err != nil {
+					return fmt.Errorf("readmodels: defer index %s: %w", n, classify(err))
+				}
+			}
+			sh.deferred = append(sh.deferred, defs...)
+		}
+		return nil
+	})
+}
+
+// BuildIndexes builds the indexes DeferIndexes put off (none when it was
+// not called, or they are built). It fails with ErrShadowGone when the
+// shadow was replaced.
+func (sh *Shadow) BuildIndexes(ctx context.Context) error {
+	if len(sh.deferred) == 0 {
+		return nil
+	}
+	for st, want := range sh.oids {
+		var oid int64
+		err := sh.s.write.QueryRowContext(ctx, `SELECT to_regclass($1)::oid::bigint`, st).Scan(&oid)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("readmodels: build indexes of %s: %w", sh.projection, classify(err))
+		}
+		if oid != want {
+			return fmt.Errorf("readmodels: build indexes of %s: %w", sh.projection, ErrShadowGone)
+		}
+	}
+	for len(sh.deferred) > 0 {
+		if _, err := sh.s.write.ExecContext(ctx, sh.deferred[0]); err != nil {
+			if isUndefinedTable(err) {
+				return fmt.Errorf("readmodels: build indexes of %s: %w", sh.projection, ErrShadowGone)
+			}
+			return fmt.Errorf("readmodels: build indexes of %s: %w", sh.projection, classify(err))
+		}
+		sh.deferred = sh.deferred[1:]
+	}
+	return nil
+}
+
 // Switch swaps the shadow in for the live tables, in one transaction:
 //
 //  1. lock the live and shadow tables (ACCESS EXCLUSIVE: queries of the live
@@ -125,14 +206,18 @@ func (sh *Shadow) Bulk(b *Bulk) *Bulk {
 // plans too. So a batch either commits before the switch (and is in the
 // live checkpoint the catch-up reaches) or starts after it.
 //
-// Before the transaction it ANALYZEs the shadows, so that the planner knows
-// them the moment they serve. Errors: an error from catchUp as it is;
+// Before the transaction it builds the indexes DeferIndexes put off and
+// ANALYZEs the shadows, so that the planner knows them the moment they
+// serve. Errors: an error from catchUp as it is;
 // ErrShadowGone; ErrUnavailable when the locks were not granted within a
 // few seconds (a long query holds the tables) or the database failed;
 // ErrCheckpointMoved when the checkpoint changed between the lock and the
 // update (no live row existed and a worker wrote the first). All but
 // ErrShadowGone are worth retrying after catching the shadow up again.
 func (sh *Shadow) Switch(ctx context.Context, catchUp func(tx *Tx, from, live eventstore.Position) (eventstore.Position, error)) error {
+	if err := sh.BuildIndexes(ctx); err != nil {
+		return err
+	}
 	for _, t := range sh.tables {
 		if _, err := sh.s.write.ExecContext(ctx, `ANALYZE `+sh.names[t]); err != nil {
 			if isUndefinedTable(err) {

@@ -242,3 +242,52 @@ func TestSwitchRedirectsAWaitingLiveBatch(t *testing.T) {
 		})
 	}
 }
+
+// DeferIndexes leaves a shadow only its constraints and the indexes a
+// replay looks rows up by; the switch builds the others, under their live
+// names.
+func TestShadowDefersIndexesUntilTheSwitch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	in := instances(t, 1)[0]
+	rm := in.rm
+	db := openPostgres(t, in.url, "")
+	before, _ := catalogue(t, db)
+
+	tokens, err := rm.NewShadow(ctx, "activation_tokens", "activation_tokens")
+	require.NoError(t, err)
+	audit, err := rm.NewShadow(ctx, "audit", "audit")
+	require.NoError(t, err)
+	full, _ := catalogue(t, db)
+	for _, sh := range []*readmodels.Shadow{tokens, audit} {
+		require.NoError(t, sh.DeferIndexes(ctx))
+	}
+	deferred, _ := catalogue(t, db)
+	leads := func(table string) []string {
+		rows, err := db.Query(`SELECT a.attname FROM pg_index i
+			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+			WHERE i.indrelid = $1::regclass ORDER BY 1`, table)
+		require.NoError(t, err)
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var c string
+			require.NoError(t, rows.Scan(&c))
+			out = append(out, c)
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+	assert.Equal(t, []string{"token_hash", "user_id"}, leads("activation_tokens_rebuild"), "the key and the index replays read by")
+	assert.Equal(t, []string{"event_id", "pos_commit"}, leads("audit_rebuild"), "the constraints only")
+	assert.Less(t, len(deferred["audit_rebuild"]), len(full["audit_rebuild"]))
+
+	for _, sh := range []*readmodels.Shadow{tokens, audit} {
+		require.NoError(t, sh.Switch(ctx, func(_ *readmodels.Tx, from, live eventstore.Position) (eventstore.Position, error) {
+			return live, nil
+		}))
+	}
+	after, left := catalogue(t, db)
+	assert.Equal(t, before, after, "every index is back, under its live name")
+	assert.Empty(t, left)
+}

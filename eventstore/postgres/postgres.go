@@ -17,11 +17,13 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
 	"evident/eventstore"
+	"evident/eventstore/internal/arena"
 )
 
 // Limits of one Append, the same as the SQLite adapter's so that an append
@@ -593,34 +595,39 @@ func (s *Store) readAllNaive(ctx context.Context, after eventstore.Position, lim
 	return evs, nil
 }
 
-// scanEvents reads rows of selectEvents.
+// scanEvents reads rows of selectEvents. The text and bytes of the events
+// are copied out of the driver's buffers into a few shared blocks (arena),
+// not one allocation per value: a replay reads the whole log through here.
 func scanEvents(rows pgx.Rows) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
-	var evs []eventstore.RecordedEvent
+	var (
+		evs   arena.Events
+		bytes arena.Arena
+		types arena.Interner
+		// Scanned into row after row: declared once, as Scan's pointers
+		// would move each row's to the heap.
+		e                           eventstore.RecordedEvent
+		txid, seq                   int64
+		stream, typ, data, metadata pgtype.DriverBytes // valid until the next row
+		recordedAt                  time.Time
+		dst                         = []any{&txid, &seq, &e.ID, &stream, &e.Version, &typ, &data, &metadata, &recordedAt}
+	)
 	for rows.Next() {
-		var (
-			e              eventstore.RecordedEvent
-			txid, seq      int64
-			data, metadata []byte
-			recordedAt     time.Time
-		)
-		if err := rows.Scan(&txid, &seq, &e.ID, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt); err != nil {
+		if err := rows.Scan(dst...); err != nil {
+			evs.Release()
 			return nil, err
 		}
 		e.Position = eventstore.Position{Commit: uint64(txid), Prepare: uint64(seq)}
 		e.RecordedAt = recordedAt.UTC()
-		if len(data) > 0 {
-			e.Data = data
-		}
-		if len(metadata) > 0 {
-			e.Metadata = metadata
-		}
-		evs = append(evs, e)
+		e.Stream, e.Type = bytes.String(stream), types.String(typ)
+		e.Data, e.Metadata = bytes.Bytes(data), bytes.Bytes(metadata)
+		evs.Add(&e)
 	}
 	if err := rows.Err(); err != nil {
+		evs.Release()
 		return nil, err
 	}
-	return evs, nil
+	return evs.Done(), nil
 }
 
 // Wait returns nil as soon as an event after after is readable, when an

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/google/uuid"
 	"github.com/pressly/goose/v3"
@@ -19,6 +20,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"evident/eventstore"
+	"evident/eventstore/internal/arena"
 	"evident/internal/sqlitedb"
 )
 
@@ -652,38 +654,44 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 	return evs, nil
 }
 
+// scanEvents reads rows of selectEvents. Data and metadata are copied out
+// of the driver's values into a few shared blocks (arena), not one
+// allocation per value: a replay reads the whole log through here.
 func scanEvents(rows *sql.Rows) (_ []eventstore.RecordedEvent, err error) {
 	defer func() { err = errors.Join(err, rows.Close()) }()
-	var evs []eventstore.RecordedEvent
+	var (
+		evs   arena.Events
+		bytes arena.Arena
+		// Scanned into row after row: declared once, as Scan's pointers
+		// would move each row's to the heap. The RawBytes are valid until
+		// the next row.
+		e                              eventstore.RecordedEvent
+		pos                            int64
+		id, recordedAt, data, metadata sql.RawBytes
+		dst                            = []any{&pos, &id, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt}
+	)
+	defer evs.Release() // after Done, nothing
 	for rows.Next() {
-		var (
-			e              eventstore.RecordedEvent
-			pos            int64
-			id, recordedAt string
-			data, metadata []byte // database/sql copies into these
-		)
-		if err := rows.Scan(&pos, &id, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt); err != nil {
+		if err := rows.Scan(dst...); err != nil {
 			return nil, err
 		}
-		if e.ID, err = uuid.Parse(id); err != nil {
+		if e.ID, err = uuid.ParseBytes(id); err != nil {
 			return nil, fmt.Errorf("event at position %d: bad id: %w", pos, err)
 		}
-		if e.RecordedAt, err = time.Parse(recordedAtLayout, recordedAt); err != nil {
+		// time.Parse keeps its input only in its error, which is made
+		// from a copy.
+		if e.RecordedAt, err = time.Parse(recordedAtLayout, unsafe.String(unsafe.SliceData(recordedAt), len(recordedAt))); err != nil {
+			_, err = time.Parse(recordedAtLayout, string(recordedAt))
 			return nil, fmt.Errorf("event at position %d: bad recorded_at: %w", pos, err)
 		}
 		e.Position = eventstore.At(uint64(pos))
-		if len(data) > 0 {
-			e.Data = data
-		}
-		if len(metadata) > 0 {
-			e.Metadata = metadata
-		}
-		evs = append(evs, e)
+		e.Data, e.Metadata = bytes.Bytes(data), bytes.Bytes(metadata)
+		evs.Add(&e)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	return evs, nil
+	return evs.Done(), nil
 }
 
 // Wait returns nil as soon as an event after after exists, when an append in
