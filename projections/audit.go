@@ -86,7 +86,7 @@ func auditRecord(d *event) readmodels.AuditRecord {
 		AggregateID:   agg,
 		AggregateType: aggType,
 		UserID:        &uid,
-		ActorID:       d.md.ActorID,
+		ActorID:       d.md.actorID,
 		Action:        actions[ev.Type],
 		Resource:      aggType,
 		ResourceID:    agg,
