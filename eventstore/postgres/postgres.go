@@ -608,15 +608,17 @@ func scanEvents(rows pgx.Rows, limit int) ([]eventstore.RecordedEvent, error) {
 		// would move each row's to the heap.
 		e                           eventstore.RecordedEvent
 		txid, seq                   int64
+		id                          [16]byte           // as uuid.UUID, pgx would scan it through a string
 		stream, typ, data, metadata pgtype.DriverBytes // valid until the next row
 		recordedAt                  time.Time
-		dst                         = []any{&txid, &seq, &e.ID, &stream, &e.Version, &typ, &data, &metadata, &recordedAt}
+		dst                         = []any{&txid, &seq, &id, &stream, &e.Version, &typ, &data, &metadata, &recordedAt}
 	)
 	for rows.Next() {
 		if err := rows.Scan(dst...); err != nil {
 			evs.Release()
 			return nil, err
 		}
+		e.ID = id
 		e.Position = eventstore.Position{Commit: uint64(txid), Prepare: uint64(seq)}
 		e.RecordedAt = recordedAt.UTC()
 		e.Stream, e.Type = bytes.String(stream), types.String(typ)
