@@ -255,31 +255,46 @@ func (b *Bulk) putRows(table, columns string, types []string, suffix string, n i
 }
 
 // readRows runs SELECT columns FROM table WHERE col IN keys, one statement
-// for all keys, and hands each row to scan.
-func (b *Bulk) readRows(table, columns, col string, keys []string, scan func(*sql.Rows) error) error {
-	if len(keys) == 0 {
+// for all keys, and hands each row to scan. The keys are ids, or else strs.
+// They go as one text argument: a JSON array on SQLite, an array literal on
+// PostgreSQL (a []string cost an allocation per key, and one more per key
+// for pgx to encode it).
+func (b *Bulk) readRows(table, columns, col string, ids []uuid.UUID, strs []string, scan func(*sql.Rows) error) error {
+	if len(ids) == 0 && len(strs) == 0 {
 		return nil
 	}
+	pg := b.tx.dialect == DialectPostgres
 	rel := b.tx.rel(table)
 	q := b.text(textKey{table: rel, kind: 'r', col: col}, func() string {
-		if b.tx.dialect == DialectPostgres {
+		if pg {
 			return "SELECT " + columns + " FROM " + rel + " WHERE " + col + " = ANY($1)"
 		}
 		return "SELECT " + columns + " FROM " + rel + " WHERE " + col + " IN (SELECT value FROM json_each($1))"
 	})
-	var arg any = keys
-	if b.tx.dialect != DialectPostgres {
-		buf := append(b.r.buf[:0], '[')
-		for i, k := range keys {
-			if i > 0 {
-				buf = append(buf, ',')
-			}
+	lb, rb := byte('['), byte(']')
+	if pg {
+		lb, rb = '{', '}'
+	}
+	buf := append(b.r.buf[:0], lb)
+	for i, id := range ids {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendUUIDString(buf, id) // nothing to escape in either form
+	}
+	for i, k := range strs {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		if pg {
+			buf = appendArrayString(buf, k)
+		} else {
 			buf = appendJSONString(buf, k)
 		}
-		buf = append(buf, ']')
-		b.r.buf = buf
-		arg = unsafe.String(unsafe.SliceData(buf), len(buf)) // as in putRows
 	}
+	buf = append(buf, rb)
+	b.r.buf = buf
+	arg := unsafe.String(unsafe.SliceData(buf), len(buf)) // as in putRows
 	b.r.args = append(b.r.args[:0], arg)
 	rows, err := b.query(q, b.r.args)
 	clear(b.r.args)
@@ -316,17 +331,22 @@ func appendNullMicros(dst []byte, t *time.Time) []byte {
 	return appendInt(dst, micros(*t))
 }
 
-func uuidStrings(ids []uuid.UUID) []string {
-	out := make([]string, len(ids))
-	for i, id := range ids {
-		out[i] = id.String()
+// appendArrayString appends s as a double-quoted element of a PostgreSQL
+// array literal.
+func appendArrayString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, s[i])
 	}
-	return out
+	return append(dst, '"')
 }
 
 // Users adds the rows of ids that exist to into.
 func (b *Bulk) Users(ids []uuid.UUID, into map[uuid.UUID]User) error {
-	err := b.readRows("users", userColumns, "id", uuidStrings(ids), func(rows *sql.Rows) error {
+	err := b.readRows("users", userColumns, "id", ids, nil, func(rows *sql.Rows) error {
 		u, err := scanUser(rows)
 		if err != nil {
 			return err
@@ -408,7 +428,7 @@ func appendRoles(dst []byte, roles []string) []byte {
 
 // Sessions adds the rows of ids that exist to into.
 func (b *Bulk) Sessions(ids []uuid.UUID, into map[uuid.UUID]Session) error {
-	err := b.readRows("sessions", rawSessionColumns, "id", uuidStrings(ids), func(rows *sql.Rows) error {
+	err := b.readRows("sessions", rawSessionColumns, "id", ids, nil, func(rows *sql.Rows) error {
 		s, err := scanSession(rows)
 		if err != nil {
 			return err
@@ -476,9 +496,9 @@ func (b *Bulk) ActivationTokens(userIDs []uuid.UUID, hashes []string, into map[s
 		into[t.TokenHash] = t
 		return nil
 	}
-	err := b.readRows("activation_tokens", tokenRowColumns, "user_id", uuidStrings(userIDs), scan)
+	err := b.readRows("activation_tokens", tokenRowColumns, "user_id", userIDs, nil, scan)
 	if err == nil {
-		err = b.readRows("activation_tokens", tokenRowColumns, "token_hash", hashes, scan)
+		err = b.readRows("activation_tokens", tokenRowColumns, "token_hash", nil, hashes, scan)
 	}
 	if err != nil {
 		return fmt.Errorf("readmodels: read activation tokens: %w", classify(err))
