@@ -538,23 +538,31 @@ func (b *Bulk) PutActivationTokens(ts []TokenRow) error {
 }
 
 // auditValues appends the column values (auditColumns) of r as InsertAudit
-// writes them.
-func auditValues(a []any, r *AuditRecord) []any {
-	var userID any
+// writes them, for COPY, which encodes a row before it asks for the next:
+// ids holds the text of the event's and the user's ids (a row at a time),
+// eventID and userID are ids[0] and ids[1] as values. Data and metadata go
+// as the bytes they are; nothing here copies them.
+func auditValues(a []any, r *AuditRecord, ids *[2][36]byte, eventID, userID any) []any {
+	appendUUID(ids[0][:0], r.EventID)
 	if r.UserID != nil {
-		userID = r.UserID.String()
+		appendUUID(ids[1][:0], *r.UserID)
+	} else {
+		userID = nil
 	}
-	details, meta := string(r.Details), string(r.Metadata)
-	if details == "" {
-		details = "{}"
+	var details, meta any = emptyJSON, emptyJSON
+	if len(r.Details) > 0 {
+		details = []byte(r.Details)
 	}
-	if meta == "" {
-		meta = "{}"
+	if len(r.Metadata) > 0 {
+		meta = []byte(r.Metadata)
 	}
-	return append(a, r.EventID.String(), r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
+	return append(a, eventID, r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
 		r.Resource, r.ResourceID, details, meta, micros(r.OccurredAt),
 		int64(r.Position.Commit), int64(r.Position.Prepare))
 }
+
+// emptyJSON is what an audit row holds for absent details or metadata.
+const emptyJSON = "{}"
 
 var auditColumnNames = []string{"event_id", "event_type", "aggregate_id", "aggregate_type", "user_id", "actor_id", "action",
 	"resource", "resource_id", "details", "metadata", "occurred_at", "pos_commit", "pos_prepare"}
@@ -587,14 +595,18 @@ func (b *Bulk) copyAudit(table string, rs []AuditRecord) error {
 		if err != nil {
 			return err
 		}
-		row := make([]any, 0, len(auditColumnNames))
+		var (
+			row             = make([]any, 0, len(auditColumnNames))
+			ids             [2][36]byte
+			eventID, userID any = ids[0][:], ids[1][:]
+		)
 		_, err = c.CopyFrom(b.tx.ctx, pgx.Identifier{table}, auditColumnNames,
 			pgx.CopyFromFunc(func() ([]any, error) {
 				if len(rs) == 0 {
 					return nil, nil
 				}
 				clear(row)
-				row = auditValues(row[:0], &rs[0])
+				row = auditValues(row[:0], &rs[0], &ids, eventID, userID)
 				rs = rs[1:]
 				return row, nil
 			}))
