@@ -75,9 +75,9 @@ func decode(ev *eventstore.RecordedEvent) event {
 	}
 	d.at = occurredAt(*ev, d.md)
 	if isUser {
-		d.user, d.err = user.Decode(ev.Type, d.md.schema, ev.Data)
+		d.user, d.err = decodeUser(ev.Type, d.md.schema, ev.Data)
 	} else {
-		d.sess, d.err = session.Decode(ev.Type, d.md.schema, ev.Data)
+		d.sess, d.err = decodeSession(ev.Type, d.md.schema, ev.Data)
 	}
 	return d
 }
