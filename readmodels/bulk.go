@@ -537,15 +537,46 @@ func (b *Bulk) PutActivationTokens(ts []TokenRow) error {
 	return nil
 }
 
-// auditValues appends the column values (auditColumns) of r as InsertAudit
-// writes them, for COPY, which encodes a row before it asks for the next:
-// ids holds the text of the event's and the user's ids (a row at a time),
-// eventID and userID are ids[0] and ids[1] as values. Data and metadata go
-// as the bytes they are; nothing here copies them.
-func auditValues(a []any, r *AuditRecord, ids *[2][36]byte, eventID, userID any) []any {
-	appendUUID(ids[0][:0], r.EventID)
+// auditCopy makes the rows of a COPY of audit records. COPY encodes a row
+// before it asks for the next, so one row's values are rewritten for the
+// next: ids holds the text of the event's and the user's ids, and eventID
+// and userID are those arrays as values. Data and metadata go as the bytes
+// they are. The few distinct event types, actions, aggregate types and
+// resources are boxed once each (boxing a string allocates).
+type auditCopy struct {
+	row             []any
+	ids             [2][36]byte
+	eventID, userID any
+	boxed           []any // of strings
+}
+
+func newAuditCopy() *auditCopy {
+	c := &auditCopy{row: make([]any, 0, len(auditColumnNames))}
+	c.eventID, c.userID = c.ids[0][:], c.ids[1][:]
+	return c
+}
+
+// box returns s as a value, boxed once while few values are seen.
+func (c *auditCopy) box(s string) any {
+	for _, v := range c.boxed {
+		if v.(string) == s {
+			return v
+		}
+	}
+	v := any(s)
+	if len(c.boxed) < 32 {
+		c.boxed = append(c.boxed, v)
+	}
+	return v
+}
+
+// values returns the column values (auditColumnNames) of r as InsertAudit
+// writes them, valid until the next call.
+func (c *auditCopy) values(r *AuditRecord) []any {
+	appendUUID(c.ids[0][:0], r.EventID)
+	userID := c.userID
 	if r.UserID != nil {
-		appendUUID(ids[1][:0], *r.UserID)
+		appendUUID(c.ids[1][:0], *r.UserID)
 	} else {
 		userID = nil
 	}
@@ -556,9 +587,16 @@ func auditValues(a []any, r *AuditRecord, ids *[2][36]byte, eventID, userID any)
 	if len(r.Metadata) > 0 {
 		meta = []byte(r.Metadata)
 	}
-	return append(a, eventID, r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
-		r.Resource, r.ResourceID, details, meta, micros(r.OccurredAt),
+	agg := any(r.AggregateID)
+	res := agg
+	if r.ResourceID != r.AggregateID {
+		res = r.ResourceID
+	}
+	clear(c.row)
+	c.row = append(c.row[:0], c.eventID, c.box(r.EventType), agg, c.box(r.AggregateType), userID, r.ActorID, c.box(r.Action),
+		c.box(r.Resource), res, details, meta, micros(r.OccurredAt),
 		int64(r.Position.Commit), int64(r.Position.Prepare))
+	return c.row
 }
 
 // emptyJSON is what an audit row holds for absent details or metadata.
@@ -595,18 +633,13 @@ func (b *Bulk) copyAudit(table string, rs []AuditRecord) error {
 		if err != nil {
 			return err
 		}
-		var (
-			row             = make([]any, 0, len(auditColumnNames))
-			ids             [2][36]byte
-			eventID, userID any = ids[0][:], ids[1][:]
-		)
+		ac := newAuditCopy()
 		_, err = c.CopyFrom(b.tx.ctx, pgx.Identifier{table}, auditColumnNames,
 			pgx.CopyFromFunc(func() ([]any, error) {
 				if len(rs) == 0 {
 					return nil, nil
 				}
-				clear(row)
-				row = auditValues(row[:0], &rs[0], &ids, eventID, userID)
+				row := ac.values(&rs[0])
 				rs = rs[1:]
 				return row, nil
 			}))
