@@ -13,5 +13,6 @@ func SetReplayBatch(n int) (restore func()) {
 	return func() { replayBatch = old }
 }
 
-// DefaultReplayBatch is the replay's batch size outside the tests.
-const DefaultReplayBatch = 2000
+// DefaultReplayBatch is the replay's batch size outside the tests (package
+// variables are set before init runs).
+var DefaultReplayBatch = replayBatch
