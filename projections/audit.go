@@ -86,7 +86,7 @@ func auditRecord(d *event) readmodels.AuditRecord {
 		AggregateID:   agg,
 		AggregateType: aggType,
 		UserID:        &uid,
-		ActorID:       d.md.ActorID,
+		ActorID:       d.md.actorID,
 		Action:        actions[ev.Type],
 		Resource:      aggType,
 		ResourceID:    agg,
@@ -103,6 +103,9 @@ func (auditProjection) folder() folder { return &auditFolder{} }
 type auditFolder struct{ out []readmodels.AuditRecord }
 
 func (f *auditFolder) replay(b *readmodels.Bulk, evs []event) error {
+	if cap(f.out) < len(evs) {
+		f.out = make([]readmodels.AuditRecord, 0, len(evs)) // not grown by doubling
+	}
 	f.out = f.out[:0]
 	for i := range evs {
 		d := &evs[i]

@@ -3,8 +3,6 @@ package projections
 import (
 	"github.com/google/uuid"
 
-	"encoding/json"
-	"fmt"
 	"time"
 
 	"evident/domain/session"
@@ -42,25 +40,12 @@ func All() []Projection {
 	return []Projection{Users(), Sessions(), ActivationTokens(), Audit()}
 }
 
-// metadata reads an event's envelope. Events without metadata read as the
-// zero Metadata (schema 0 is read as the first schema by the decoders).
-func metadata(ev eventstore.RecordedEvent) (eventstore.Metadata, error) {
-	var md eventstore.Metadata
-	if len(ev.Metadata) == 0 {
-		return md, nil
-	}
-	if err := json.Unmarshal(ev.Metadata, &md); err != nil {
-		return md, fmt.Errorf("metadata of %s: %w", ev.ID, err)
-	}
-	return md, nil
-}
-
 // occurredAt is when the event happened as its metadata says; the time the
 // store recorded it when the metadata does not. It never reads the clock, so
 // a rebuild writes the same rows as the live projection.
-func occurredAt(ev eventstore.RecordedEvent, md eventstore.Metadata) time.Time {
-	if !md.OccurredAt.IsZero() {
-		return md.OccurredAt.UTC()
+func occurredAt(ev eventstore.RecordedEvent, md envelope) time.Time {
+	if !md.occurredAt.IsZero() {
+		return md.occurredAt.UTC()
 	}
 	return ev.RecordedAt.UTC()
 }
@@ -70,7 +55,7 @@ func occurredAt(ev eventstore.RecordedEvent, md eventstore.Metadata) time.Time {
 // each event of a batch.
 type event struct {
 	rec  *eventstore.RecordedEvent
-	md   eventstore.Metadata
+	md   envelope
 	at   time.Time     // occurredAt
 	user user.Event    // a user.* event
 	sess session.Event // an auth.* event
@@ -90,9 +75,9 @@ func decode(ev *eventstore.RecordedEvent) event {
 	}
 	d.at = occurredAt(*ev, d.md)
 	if isUser {
-		d.user, d.err = user.Decode(ev.Type, d.md.SchemaVersion, ev.Data)
+		d.user, d.err = decodeUser(ev.Type, d.md.schema, ev.Data)
 	} else {
-		d.sess, d.err = session.Decode(ev.Type, d.md.SchemaVersion, ev.Data)
+		d.sess, d.err = decodeSession(ev.Type, d.md.schema, ev.Data)
 	}
 	return d
 }

@@ -128,8 +128,9 @@ func replay(ctx context.Context, r *Runner, targets []target) error {
 	defer wg.Wait()
 	defer stop()
 	batches, free := make(chan *readBatch), make(chan *readBatch, 2)
-	free <- &readBatch{}
-	free <- &readBatch{}
+	// Made at their size: grown by doubling, they cost as much again.
+	free <- &readBatch{evs: make([]event, 0, replayBatch)}
+	free <- &readBatch{evs: make([]event, 0, replayBatch)}
 	wg.Go(func() { r.readAhead(readCtx, batches, free) })
 
 	var from eventstore.Position

@@ -255,31 +255,46 @@ func (b *Bulk) putRows(table, columns string, types []string, suffix string, n i
 }
 
 // readRows runs SELECT columns FROM table WHERE col IN keys, one statement
-// for all keys, and hands each row to scan.
-func (b *Bulk) readRows(table, columns, col string, keys []string, scan func(*sql.Rows) error) error {
-	if len(keys) == 0 {
+// for all keys, and hands each row to scan. The keys are ids, or else strs.
+// They go as one text argument: a JSON array on SQLite, an array literal on
+// PostgreSQL (a []string cost an allocation per key, and one more per key
+// for pgx to encode it).
+func (b *Bulk) readRows(table, columns, col string, ids []uuid.UUID, strs []string, scan func(*sql.Rows) error) error {
+	if len(ids) == 0 && len(strs) == 0 {
 		return nil
 	}
+	pg := b.tx.dialect == DialectPostgres
 	rel := b.tx.rel(table)
 	q := b.text(textKey{table: rel, kind: 'r', col: col}, func() string {
-		if b.tx.dialect == DialectPostgres {
+		if pg {
 			return "SELECT " + columns + " FROM " + rel + " WHERE " + col + " = ANY($1)"
 		}
 		return "SELECT " + columns + " FROM " + rel + " WHERE " + col + " IN (SELECT value FROM json_each($1))"
 	})
-	var arg any = keys
-	if b.tx.dialect != DialectPostgres {
-		buf := append(b.r.buf[:0], '[')
-		for i, k := range keys {
-			if i > 0 {
-				buf = append(buf, ',')
-			}
+	lb, rb := byte('['), byte(']')
+	if pg {
+		lb, rb = '{', '}'
+	}
+	buf := append(b.r.buf[:0], lb)
+	for i, id := range ids {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendUUIDString(buf, id) // nothing to escape in either form
+	}
+	for i, k := range strs {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		if pg {
+			buf = appendArrayString(buf, k)
+		} else {
 			buf = appendJSONString(buf, k)
 		}
-		buf = append(buf, ']')
-		b.r.buf = buf
-		arg = unsafe.String(unsafe.SliceData(buf), len(buf)) // as in putRows
 	}
+	buf = append(buf, rb)
+	b.r.buf = buf
+	arg := unsafe.String(unsafe.SliceData(buf), len(buf)) // as in putRows
 	b.r.args = append(b.r.args[:0], arg)
 	rows, err := b.query(q, b.r.args)
 	clear(b.r.args)
@@ -316,17 +331,22 @@ func appendNullMicros(dst []byte, t *time.Time) []byte {
 	return appendInt(dst, micros(*t))
 }
 
-func uuidStrings(ids []uuid.UUID) []string {
-	out := make([]string, len(ids))
-	for i, id := range ids {
-		out[i] = id.String()
+// appendArrayString appends s as a double-quoted element of a PostgreSQL
+// array literal.
+func appendArrayString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, s[i])
 	}
-	return out
+	return append(dst, '"')
 }
 
 // Users adds the rows of ids that exist to into.
 func (b *Bulk) Users(ids []uuid.UUID, into map[uuid.UUID]User) error {
-	err := b.readRows("users", userColumns, "id", uuidStrings(ids), func(rows *sql.Rows) error {
+	err := b.readRows("users", userColumns, "id", ids, nil, func(rows *sql.Rows) error {
 		u, err := scanUser(rows)
 		if err != nil {
 			return err
@@ -408,7 +428,7 @@ func appendRoles(dst []byte, roles []string) []byte {
 
 // Sessions adds the rows of ids that exist to into.
 func (b *Bulk) Sessions(ids []uuid.UUID, into map[uuid.UUID]Session) error {
-	err := b.readRows("sessions", rawSessionColumns, "id", uuidStrings(ids), func(rows *sql.Rows) error {
+	err := b.readRows("sessions", rawSessionColumns, "id", ids, nil, func(rows *sql.Rows) error {
 		s, err := scanSession(rows)
 		if err != nil {
 			return err
@@ -476,9 +496,9 @@ func (b *Bulk) ActivationTokens(userIDs []uuid.UUID, hashes []string, into map[s
 		into[t.TokenHash] = t
 		return nil
 	}
-	err := b.readRows("activation_tokens", tokenRowColumns, "user_id", uuidStrings(userIDs), scan)
+	err := b.readRows("activation_tokens", tokenRowColumns, "user_id", userIDs, nil, scan)
 	if err == nil {
-		err = b.readRows("activation_tokens", tokenRowColumns, "token_hash", hashes, scan)
+		err = b.readRows("activation_tokens", tokenRowColumns, "token_hash", nil, hashes, scan)
 	}
 	if err != nil {
 		return fmt.Errorf("readmodels: read activation tokens: %w", classify(err))
@@ -517,24 +537,70 @@ func (b *Bulk) PutActivationTokens(ts []TokenRow) error {
 	return nil
 }
 
-// auditValues appends the column values (auditColumns) of r as InsertAudit
-// writes them.
-func auditValues(a []any, r *AuditRecord) []any {
-	var userID any
-	if r.UserID != nil {
-		userID = r.UserID.String()
-	}
-	details, meta := string(r.Details), string(r.Metadata)
-	if details == "" {
-		details = "{}"
-	}
-	if meta == "" {
-		meta = "{}"
-	}
-	return append(a, r.EventID.String(), r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
-		r.Resource, r.ResourceID, details, meta, micros(r.OccurredAt),
-		int64(r.Position.Commit), int64(r.Position.Prepare))
+// auditCopy makes the rows of a COPY of audit records. COPY encodes a row
+// before it asks for the next, so one row's values are rewritten for the
+// next: ids holds the text of the event's and the user's ids, and eventID
+// and userID are those arrays as values. Data and metadata go as the bytes
+// they are. The few distinct event types, actions, aggregate types and
+// resources are boxed once each (boxing a string allocates).
+type auditCopy struct {
+	row             []any
+	ids             [2][36]byte
+	eventID, userID any
+	boxed           []any // of strings
 }
+
+func newAuditCopy() *auditCopy {
+	c := &auditCopy{row: make([]any, 0, len(auditColumnNames))}
+	c.eventID, c.userID = c.ids[0][:], c.ids[1][:]
+	return c
+}
+
+// box returns s as a value, boxed once while few values are seen.
+func (c *auditCopy) box(s string) any {
+	for _, v := range c.boxed {
+		if v.(string) == s {
+			return v
+		}
+	}
+	v := any(s)
+	if len(c.boxed) < 32 {
+		c.boxed = append(c.boxed, v)
+	}
+	return v
+}
+
+// values returns the column values (auditColumnNames) of r as InsertAudit
+// writes them, valid until the next call.
+func (c *auditCopy) values(r *AuditRecord) []any {
+	appendUUID(c.ids[0][:0], r.EventID)
+	userID := c.userID
+	if r.UserID != nil {
+		appendUUID(c.ids[1][:0], *r.UserID)
+	} else {
+		userID = nil
+	}
+	var details, meta any = emptyJSON, emptyJSON
+	if len(r.Details) > 0 {
+		details = []byte(r.Details)
+	}
+	if len(r.Metadata) > 0 {
+		meta = []byte(r.Metadata)
+	}
+	agg := any(r.AggregateID)
+	res := agg
+	if r.ResourceID != r.AggregateID {
+		res = r.ResourceID
+	}
+	clear(c.row)
+	c.row = append(c.row[:0], c.eventID, c.box(r.EventType), agg, c.box(r.AggregateType), userID, r.ActorID, c.box(r.Action),
+		c.box(r.Resource), res, details, meta, micros(r.OccurredAt),
+		int64(r.Position.Commit), int64(r.Position.Prepare))
+	return c.row
+}
+
+// emptyJSON is what an audit row holds for absent details or metadata.
+const emptyJSON = "{}"
 
 var auditColumnNames = []string{"event_id", "event_type", "aggregate_id", "aggregate_type", "user_id", "actor_id", "action",
 	"resource", "resource_id", "details", "metadata", "occurred_at", "pos_commit", "pos_prepare"}
@@ -567,14 +633,13 @@ func (b *Bulk) copyAudit(table string, rs []AuditRecord) error {
 		if err != nil {
 			return err
 		}
-		row := make([]any, 0, len(auditColumnNames))
+		ac := newAuditCopy()
 		_, err = c.CopyFrom(b.tx.ctx, pgx.Identifier{table}, auditColumnNames,
 			pgx.CopyFromFunc(func() ([]any, error) {
 				if len(rs) == 0 {
 					return nil, nil
 				}
-				clear(row)
-				row = auditValues(row[:0], &rs[0])
+				row := ac.values(&rs[0])
 				rs = rs[1:]
 				return row, nil
 			}))

@@ -41,6 +41,9 @@ func bulkRows() ([]readmodels.User, []readmodels.Session, []readmodels.TokenRow,
 		if i%2 == 0 {
 			tok.EndedAt = &end
 		}
+		if i%10 == 7 { // read back by hash: quoted in an array literal on PostgreSQL
+			tok.TokenHash = fmt.Sprintf(`h"%03d\\,{x} é NULL`, i)
+		}
 		ts = append(ts, tok)
 		a := auditRec(uint64(i+1), u.ID, "actor\"1", "user_created", t0.Add(time.Duration(i)*time.Second))
 		a.Details = json.RawMessage(details[i%len(details)])

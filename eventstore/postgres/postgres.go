@@ -454,7 +454,7 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]ev
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
-	evs, err := scanEvents(rows)
+	evs, err := scanEvents(rows, 0)
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
@@ -541,7 +541,7 @@ func (s *Store) readBelow(ctx context.Context, after eventstore.Position, limit 
 	if err != nil {
 		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
-	evs, err := scanEvents(rows)
+	evs, err := scanEvents(rows, limit)
 	if err != nil {
 		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
@@ -585,7 +585,7 @@ func (s *Store) readAllNaive(ctx context.Context, after eventstore.Position, lim
 	if err != nil {
 		return nil, wrap(ctx, "naive read all", err)
 	}
-	evs, err := scanEvents(rows)
+	evs, err := scanEvents(rows, limit)
 	if err != nil {
 		return nil, wrap(ctx, "naive read all", err)
 	}
@@ -595,28 +595,30 @@ func (s *Store) readAllNaive(ctx context.Context, after eventstore.Position, lim
 	return evs, nil
 }
 
-// scanEvents reads rows of selectEvents. The text and bytes of the events
+// scanEvents reads rows of selectEvents, at most limit (0: not known). The text and bytes of the events
 // are copied out of the driver's buffers into a few shared blocks (arena),
 // not one allocation per value: a replay reads the whole log through here.
-func scanEvents(rows pgx.Rows) ([]eventstore.RecordedEvent, error) {
+func scanEvents(rows pgx.Rows, limit int) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
 	var (
-		evs   arena.Events
+		evs   = arena.Events{Limit: limit}
 		bytes arena.Arena
 		types arena.Interner
 		// Scanned into row after row: declared once, as Scan's pointers
 		// would move each row's to the heap.
 		e                           eventstore.RecordedEvent
 		txid, seq                   int64
+		id                          [16]byte           // as uuid.UUID, pgx would scan it through a string
 		stream, typ, data, metadata pgtype.DriverBytes // valid until the next row
 		recordedAt                  time.Time
-		dst                         = []any{&txid, &seq, &e.ID, &stream, &e.Version, &typ, &data, &metadata, &recordedAt}
+		dst                         = []any{&txid, &seq, &id, &stream, &e.Version, &typ, &data, &metadata, &recordedAt}
 	)
 	for rows.Next() {
 		if err := rows.Scan(dst...); err != nil {
 			evs.Release()
 			return nil, err
 		}
+		e.ID = id
 		e.Position = eventstore.Position{Commit: uint64(txid), Prepare: uint64(seq)}
 		e.RecordedAt = recordedAt.UTC()
 		e.Stream, e.Type = bytes.String(stream), types.String(typ)

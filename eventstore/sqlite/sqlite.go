@@ -626,7 +626,7 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]ev
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
-	evs, err := scanEvents(rows)
+	evs, err := scanEvents(rows, 0)
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
@@ -647,28 +647,29 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
-	evs, err := scanEvents(rows)
+	evs, err := scanEvents(rows, limit)
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
 	return evs, nil
 }
 
-// scanEvents reads rows of selectEvents. Data and metadata are copied out
-// of the driver's values into a few shared blocks (arena), not one
-// allocation per value: a replay reads the whole log through here.
-func scanEvents(rows *sql.Rows) (_ []eventstore.RecordedEvent, err error) {
+// scanEvents reads rows of selectEvents, at most limit (0: not known). A
+// replay reads the whole log through here, so it allocates little beyond
+// what the driver does: data and metadata are the strings the driver makes
+// of each TEXT value (a copy of its own), kept as they are (text).
+func scanEvents(rows *sql.Rows, limit int) (_ []eventstore.RecordedEvent, err error) {
 	defer func() { err = errors.Join(err, rows.Close()) }()
 	var (
-		evs   arena.Events
-		bytes arena.Arena
+		evs = arena.Events{Limit: limit}
 		// Scanned into row after row: declared once, as Scan's pointers
 		// would move each row's to the heap. The RawBytes are valid until
 		// the next row.
-		e                              eventstore.RecordedEvent
-		pos                            int64
-		id, recordedAt, data, metadata sql.RawBytes
-		dst                            = []any{&pos, &id, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt}
+		e              eventstore.RecordedEvent
+		pos            int64
+		id, recordedAt sql.RawBytes
+		data, metadata text
+		dst            = []any{&pos, &id, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt}
 	)
 	defer evs.Release() // after Done, nothing
 	for rows.Next() {
@@ -685,13 +686,42 @@ func scanEvents(rows *sql.Rows) (_ []eventstore.RecordedEvent, err error) {
 			return nil, fmt.Errorf("event at position %d: bad recorded_at: %w", pos, err)
 		}
 		e.Position = eventstore.At(uint64(pos))
-		e.Data, e.Metadata = bytes.Bytes(data), bytes.Bytes(metadata)
+		e.Data, e.Metadata = data.bytes(), metadata.bytes()
 		evs.Add(&e)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
 	return evs.Done(), nil
+}
+
+// text scans a TEXT value as the driver hands it over: a string, which
+// (unlike a []byte) is the reader's to keep, so it is kept without a copy.
+type text struct{ s string }
+
+func (t *text) Scan(src any) error {
+	switch v := src.(type) {
+	case string:
+		t.s = v
+	case []byte: // the driver's memory, valid until the next row
+		t.s = string(v)
+	case nil:
+		t.s = ""
+	default:
+		return fmt.Errorf("text column holds %T", src)
+	}
+	return nil
+}
+
+// bytes returns the value as a byte slice that shares the string's memory
+// (nil when empty). Nothing writes to the bytes of a read event (as with
+// the arena's copies), and its capacity ends where it ends, so an append
+// to it reallocates.
+func (t *text) bytes() []byte {
+	if t.s == "" {
+		return nil
+	}
+	return unsafe.Slice(unsafe.StringData(t.s), len(t.s))
 }
 
 // Wait returns nil as soon as an event after after exists, when an append in

@@ -67,9 +67,17 @@ func (in *Interner) String(b []byte) string {
 // doubling (twice its size and more).
 var scratch = sync.Pool{New: func() any { return new([]eventstore.RecordedEvent) }}
 
+// maxScratch is the largest scratch slice kept, in events.
+const maxScratch = 1 << 14
+
 // Events collects the events of one read. Add each, then take the result
 // with Done, which also releases the Events.
 type Events struct {
+	// Limit is the most events the read can return, when known (0: not
+	// known). A read that returns that many gets the slice it was collected
+	// in, made at that size, without a copy: a replay reads full batches.
+	Limit int
+
 	evs *[]eventstore.RecordedEvent
 }
 
@@ -77,6 +85,12 @@ type Events struct {
 func (c *Events) Add(e *eventstore.RecordedEvent) {
 	if c.evs == nil {
 		c.evs = scratch.Get().(*[]eventstore.RecordedEvent)
+		if cap(*c.evs) == 0 && c.Limit > 0 {
+			// A new scratch (the pool empties at every other GC, which
+			// a replay starts every batch or two): no doubling to reach
+			// the read's size.
+			*c.evs = make([]eventstore.RecordedEvent, 0, min(c.Limit, maxScratch))
+		}
 	}
 	*c.evs = append(*c.evs, *e)
 }
@@ -85,6 +99,12 @@ func (c *Events) Add(e *eventstore.RecordedEvent) {
 func (c *Events) Done() []eventstore.RecordedEvent {
 	if c.evs == nil {
 		return nil
+	}
+	if evs := *c.evs; len(evs) == cap(evs) && len(evs) == c.Limit {
+		// Exactly full: the read's own slice; the pool keeps none.
+		*c.evs = nil
+		c.Release()
+		return evs
 	}
 	out := slices.Clone(*c.evs)
 	c.Release()
@@ -98,7 +118,7 @@ func (c *Events) Release() {
 	}
 	clear(*c.evs) // hold no event's bytes in the pool
 	*c.evs = (*c.evs)[:0]
-	if cap(*c.evs) <= 1<<14 {
+	if cap(*c.evs) <= maxScratch {
 		scratch.Put(c.evs)
 	}
 	c.evs = nil

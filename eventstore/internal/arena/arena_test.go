@@ -69,3 +69,29 @@ func TestEventsOfOneReadStayItsOwn(t *testing.T) {
 		t.Fatal("no events must read as nil")
 	}
 }
+
+// A read that returns its limit gets the slice it was collected in (no
+// copy); one that returns fewer gets a copy of exactly its events, and the
+// next read never writes into a slice handed out.
+func TestEventsOfAFullReadAreNotCopied(t *testing.T) {
+	full := Events{Limit: 4}
+	for i := range 4 {
+		full.Add(&eventstore.RecordedEvent{Stream: "a", Version: int64(i)})
+	}
+	got := full.Done()
+	if len(got) != 4 || cap(got) != 4 {
+		t.Fatalf("len %d cap %d, want 4 and 4", len(got), cap(got))
+	}
+	part := Events{Limit: 4}
+	for i := range 3 {
+		part.Add(&eventstore.RecordedEvent{Stream: "b", Version: int64(i)})
+	}
+	if p := part.Done(); len(p) != 3 || cap(p) != 3 {
+		t.Fatalf("partial read: len %d cap %d, want 3 and 3", len(p), cap(p))
+	}
+	for i, e := range got {
+		if e.Stream != "a" || e.Version != int64(i) {
+			t.Fatalf("event %d became %+v", i, e)
+		}
+	}
+}
