@@ -175,7 +175,7 @@ func (s *Store) UpdateAsync(ctx context.Context, fn func(*Tx) error) error {
 	var ct *cachedTx
 	if level-1 <= syncNormal { // it never waits for the disk anyway
 		ct, err = s.update(ctx, conn, true, fn)
-		err = errors.Join(err, conn.Close())
+		err = closeConn(err, conn)
 	} else {
 		// The level cannot change inside a transaction: it is set around it.
 		if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = NORMAL`); err != nil {
@@ -188,9 +188,18 @@ func (s *Store) UpdateAsync(ctx context.Context, fn func(*Tx) error) error {
 			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 			return errors.Join(err, &TxError{Op: "restore synchronous", Err: rerr})
 		}
-		err = errors.Join(err, conn.Close())
+		err = closeConn(err, conn)
 	}
 	ct.flush(ctx) // on the pool: the connection is back in it
+	return err
+}
+
+// closeConn hands conn back to its pool; err, the transaction's, stays as
+// it is unless that fails.
+func closeConn(err error, conn *sql.Conn) error {
+	if cerr := conn.Close(); cerr != nil {
+		return errors.Join(err, &TxError{Op: "release", Err: cerr})
+	}
 	return err
 }
 
