@@ -707,10 +707,9 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 			// moves its checkpoint, no transaction.
 			err = r.rm.AdvanceCheckpoint(ctx, w.name, from, chunk[len(chunk)-1].Position)
 		} else {
-			err = r.rm.Update(ctx, func(tx *readmodels.Tx) error {
-				// Derived rows and their checkpoint: a crash loses them
-				// together and they are applied again.
-				tx.AsyncCommit()
+			// Derived rows and their checkpoint: a crash loses them
+			// together and they are applied again.
+			err = r.rm.UpdateAsync(ctx, func(tx *readmodels.Tx) error {
 				for i, ev := range chunk {
 					if i == parkAt {
 						if err := tx.Park(parkedEvent(w.name, ev, parkErr, attempts)); err != nil {
@@ -1193,10 +1192,9 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 	}()
 	var outage int
 	for len(parts) > 0 {
-		err := r.rm.Update(ctx, func(tx *readmodels.Tx) error {
-			// Derived rows and their checkpoints: a crash loses them
-			// together and they are applied again.
-			tx.AsyncCommit()
+		// Derived rows and their checkpoints: a crash loses them together
+		// and they are applied again.
+		err := r.rm.UpdateAsync(ctx, func(tx *readmodels.Tx) error {
 			// The checkpoints first, all in one statement: a part whose
 			// checkpoint moved (another process runs it now) is found
 			// before any row is written, and two processes that apply the

@@ -87,7 +87,7 @@ func (r *Replay) Update(ctx context.Context, fn func(*Bulk) error) error {
 	if err != nil {
 		return &TxError{Op: "begin", Err: err}
 	}
-	tx := &Tx{ctx: ctx, tx: sqlTx, now: r.s.now, dialect: r.s.dialect}
+	tx := &Tx{ctx: ctx, tx: sqlTx, q: sqlTx, now: r.s.now, dialect: r.s.dialect}
 	if err := fn(&Bulk{r: r, tx: tx, conn: conn, local: map[string]*sql.Stmt{}}); err != nil {
 		_ = sqlTx.Rollback() // the error from fn says more than the rollback's
 		r.pending = r.pending[:0]

@@ -55,8 +55,7 @@ func TestAdvanceCheckpointsNamesEveryMovedOne(t *testing.T) {
 		ctx := context.Background()
 		rm := newStore(t, dialect)
 		advance := func(moves ...readmodels.CheckpointMove) error {
-			return rm.Update(ctx, func(tx *readmodels.Tx) error {
-				tx.AsyncCommit()
+			return rm.UpdateAsync(ctx, func(tx *readmodels.Tx) error {
 				if err := tx.InsertAudit(auditRec(moves[0].To.Commit, uuid.New(), "a", "user_created", t0)); err != nil {
 					return err
 				}

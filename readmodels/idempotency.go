@@ -26,7 +26,7 @@ type IdempotentResponse struct {
 func (s *Store) BeginIdempotent(ctx context.Context, scope, key, fingerprint string) (*IdempotentResponse, error) {
 	var out *IdempotentResponse
 	err := s.Update(ctx, func(tx *Tx) error {
-		res, err := tx.tx.ExecContext(ctx, `INSERT INTO idempotency_keys (scope, key, fingerprint, status, created_at, done)
+		res, err := tx.q.ExecContext(ctx, `INSERT INTO idempotency_keys (scope, key, fingerprint, status, created_at, done)
 			VALUES ($1, $2, $3, 0, $4, $5) ON CONFLICT (scope, key) DO NOTHING`,
 			scope, key, fingerprint, micros(tx.now()), false)
 		if err != nil {
@@ -41,13 +41,13 @@ func (s *Store) BeginIdempotent(ctx context.Context, scope, key, fingerprint str
 			r       IdempotentResponse
 			claimed int64
 		)
-		err = tx.tx.QueryRowContext(ctx, `SELECT fingerprint, status, body, done, created_at FROM idempotency_keys
+		err = tx.q.QueryRowContext(ctx, `SELECT fingerprint, status, body, done, created_at FROM idempotency_keys
 			WHERE scope = $1 AND key = $2`, scope, key).Scan(&r.Fingerprint, &r.Status, &r.Body, &r.Done, &claimed)
 		if err != nil {
 			return err
 		}
 		if !r.Done && r.Fingerprint == fingerprint && fromMicros(claimed).Add(s.idemLease).Before(tx.now()) {
-			res, err := tx.tx.ExecContext(ctx, `UPDATE idempotency_keys SET created_at = $1
+			res, err := tx.q.ExecContext(ctx, `UPDATE idempotency_keys SET created_at = $1
 				WHERE scope = $2 AND key = $3 AND done = $4 AND created_at = $5`,
 				micros(tx.now()), scope, key, false, claimed)
 			if err != nil {
@@ -72,7 +72,7 @@ func (s *Store) FinishIdempotent(ctx context.Context, scope, key string, status 
 	if body == nil {
 		body = []byte{}
 	}
-	res, err := s.write.ExecContext(ctx, `UPDATE idempotency_keys SET status = $1, body = $2, done = $3
+	res, err := s.w.ExecContext(ctx, `UPDATE idempotency_keys SET status = $1, body = $2, done = $3
 		WHERE scope = $4 AND key = $5 AND done = $6`, status, body, true, scope, key, false)
 	if err != nil {
 		return fmt.Errorf("readmodels: finish idempotent %s/%s: %w", scope, key, classify(err))
@@ -83,7 +83,7 @@ func (s *Store) FinishIdempotent(ctx context.Context, scope, key string, status 
 // AbandonIdempotent frees a pending key after its request failed, so that a
 // retry runs again. A finished key is left as it is.
 func (s *Store) AbandonIdempotent(ctx context.Context, scope, key string) error {
-	_, err := s.write.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND done = $3`,
+	_, err := s.w.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND done = $3`,
 		scope, key, false)
 	if err != nil {
 		return fmt.Errorf("readmodels: abandon idempotent %s/%s: %w", scope, key, classify(err))
@@ -106,7 +106,7 @@ func affectedOne(res sql.Result, what string) error {
 // knows no other one is running (the embedded store's lock) may call it, at
 // start: every pending claim then belongs to a request that died.
 func (s *Store) AbandonPendingIdempotent(ctx context.Context) (int64, error) {
-	res, err := s.write.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE done = $1`, false)
+	res, err := s.w.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE done = $1`, false)
 	if err != nil {
 		return 0, fmt.Errorf("readmodels: abandon pending idempotency keys: %w", classify(err))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"time"
 
@@ -213,6 +214,9 @@ func (s *Store) Close() error {
 	close(s.quit)
 	if running {
 		<-s.stopped
+	}
+	if s.wc != nil {
+		return errors.Join(s.wc.close(), s.rc.close())
 	}
 	return nil
 }

@@ -28,7 +28,7 @@ func scanParked(r scanner) (ParkedEvent, error) {
 
 // ParkedEvent returns one parked event of a projection or workflow, or ErrNotFound.
 func (s *Store) ParkedEvent(ctx context.Context, projection, eventID string) (ParkedEvent, error) {
-	p, err := scanParked(s.read.QueryRowContext(ctx, `SELECT `+parkedColumns+`
+	p, err := scanParked(s.r.QueryRowContext(ctx, `SELECT `+parkedColumns+`
 		FROM parked_events WHERE projection = $1 AND event_id = $2`, projection, eventID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return p, ErrNotFound
@@ -44,7 +44,7 @@ func (s *Store) Unpark(ctx context.Context, projection, eventID string) error {
 
 // Unpark removes a parked event in the transaction that handled it again.
 func (tx *Tx) Unpark(projection, eventID string) error {
-	res, err := tx.tx.ExecContext(tx.ctx, `DELETE FROM parked_events WHERE projection = $1 AND event_id = $2`, projection, eventID)
+	res, err := tx.q.ExecContext(tx.ctx, `DELETE FROM parked_events WHERE projection = $1 AND event_id = $2`, projection, eventID)
 	if err != nil {
 		return fmt.Errorf("readmodels: unpark %s of %s: %w", eventID, projection, classify(err))
 	}

@@ -201,18 +201,19 @@ func TestPostgresOutageIsUnavailable(t *testing.T) {
 	assert.False(t, errors.Is(err, readmodels.ErrUnavailable), "%v", err)
 }
 
-// AsyncCommit turns off the wait for the WAL flush for its transaction
+// UpdateAsync turns off the wait for the WAL flush for its transaction
 // alone, with its checkpoint: the next transaction on the pool waits again.
-func TestAsyncCommitIsForOneTransaction(t *testing.T) {
+func TestUpdateAsyncIsForOneTransaction(t *testing.T) {
 	t.Parallel()
 	rm := newStore(t, readmodels.DialectPostgres)
 	ctx := t.Context()
 	setting := func(async bool) string {
 		var v string
-		require.NoError(t, rm.Update(ctx, func(tx *readmodels.Tx) error {
-			if async {
-				tx.AsyncCommit()
-			}
+		update := rm.Update
+		if async {
+			update = rm.UpdateAsync
+		}
+		require.NoError(t, update(ctx, func(tx *readmodels.Tx) error {
 			// It takes effect with the checkpoint, the last statement.
 			if err := tx.AdvanceCheckpoint("async-test-"+rand.Text()[:8], eventstore.Position{}, eventstore.At(1)); err != nil {
 				return err

@@ -61,7 +61,7 @@ func getUser(ctx context.Context, q querier, table string, id uuid.UUID) (User, 
 
 // User returns one user, deleted ones included (status "deleted"), or ErrNotFound.
 func (s *Store) User(ctx context.Context, id uuid.UUID) (User, error) {
-	return getUser(ctx, s.read, "users", id)
+	return getUser(ctx, s.r, "users", id)
 }
 
 // Users lists users by id, filtered by status and exact (normalised) e-mail.
@@ -89,7 +89,7 @@ func (s *Store) Users(ctx context.Context, f UserFilter) (Page[User], error) {
 		where = append(where, "id > "+a.add(c[0]))
 	}
 	q := `SELECT ` + userColumns + ` FROM users` + whereClause(where) + ` ORDER BY id LIMIT ` + a.add(limit+1)
-	rows, err := s.read.QueryContext(ctx, q, a...)
+	rows, err := s.r.QueryContext(ctx, q, a...)
 	if err != nil {
 		return Page[User]{}, fmt.Errorf("readmodels: users: %w", classify(err))
 	}
@@ -199,7 +199,7 @@ func (s *Store) Sessions(ctx context.Context, userID uuid.UUID, openOnly bool, c
 	}
 	q := `SELECT ` + cols + ` FROM sessions` + whereClause(where) +
 		` ORDER BY created_at DESC, id DESC LIMIT ` + a.add(limit+1)
-	items, err := scanSessions(s.read.QueryContext(ctx, q, a...))
+	items, err := scanSessions(s.r.QueryContext(ctx, q, a...))
 	if err != nil {
 		return Page[Session]{}, fmt.Errorf("readmodels: sessions of %s: %w", userID, classify(err))
 	}
@@ -215,7 +215,7 @@ func (s *Store) Sessions(ctx context.Context, userID uuid.UUID, openOnly bool, c
 // OpenSessionIDs returns the ids of every session of the user whose status is
 // open, past expiry or not: the sessions a deactivation must revoke.
 func (s *Store) OpenSessionIDs(ctx context.Context, userID uuid.UUID) ([]uuid.UUID, error) {
-	rows, err := s.read.QueryContext(ctx,
+	rows, err := s.r.QueryContext(ctx,
 		`SELECT id FROM sessions WHERE user_id = $1 AND status = 'open' ORDER BY created_at, id`, userID.String())
 	if err != nil {
 		return nil, fmt.Errorf("readmodels: open sessions of %s: %w", userID, classify(err))
@@ -242,7 +242,7 @@ func (s *Store) OpenSessionIDs(ctx context.Context, userID uuid.UUID) ([]uuid.UU
 // DueSessions returns up to limit sessions that are open with expires_at <=
 // now, earliest expiry first: the ones the expiry workflow must close.
 func (s *Store) DueSessions(ctx context.Context, now time.Time, limit int) ([]Session, error) {
-	out, err := scanSessions(s.read.QueryContext(ctx, `SELECT `+rawSessionColumns+` FROM sessions
+	out, err := scanSessions(s.r.QueryContext(ctx, `SELECT `+rawSessionColumns+` FROM sessions
 		WHERE status = 'open' AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2`, micros(now), pageLimit(limit)))
 	if err != nil {
 		return nil, fmt.Errorf("readmodels: due sessions: %w", classify(err))
@@ -296,7 +296,7 @@ func (s *Store) ActivationTokens(ctx context.Context, userID uuid.UUID, cursor s
 	}
 	q := `SELECT ` + tokenColumns + ` FROM activation_tokens` + whereClause(where) +
 		` ORDER BY created_at DESC, token_hash DESC LIMIT ` + a.add(limit+1)
-	items, err := scanTokens(s.read.QueryContext(ctx, q, a...))
+	items, err := scanTokens(s.r.QueryContext(ctx, q, a...))
 	if err != nil {
 		return Page[ActivationToken]{}, fmt.Errorf("readmodels: activation tokens of %s: %w", userID, classify(err))
 	}
@@ -312,7 +312,7 @@ func (s *Store) ActivationTokens(ctx context.Context, userID uuid.UUID, cursor s
 // DueActivationTokens returns up to limit pending tokens with expires_at <=
 // now, earliest expiry first.
 func (s *Store) DueActivationTokens(ctx context.Context, now time.Time, limit int) ([]ActivationToken, error) {
-	out, err := scanTokens(s.read.QueryContext(ctx, `SELECT `+tokenColumns+` FROM activation_tokens
+	out, err := scanTokens(s.r.QueryContext(ctx, `SELECT `+tokenColumns+` FROM activation_tokens
 		WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at, token_hash LIMIT $2`, micros(now), pageLimit(limit)))
 	if err != nil {
 		return nil, fmt.Errorf("readmodels: due activation tokens: %w", classify(err))
@@ -324,7 +324,7 @@ func (s *Store) DueActivationTokens(ctx context.Context, now time.Time, limit in
 // activation tokens; false when there is none.
 func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 	var sess, tok sql.NullInt64
-	err := s.read.QueryRowContext(ctx, `SELECT
+	err := s.r.QueryRowContext(ctx, `SELECT
 		(SELECT MIN(expires_at) FROM sessions WHERE status = 'open'),
 		(SELECT MIN(expires_at) FROM activation_tokens WHERE status = 'pending')`).Scan(&sess, &tok)
 	if err != nil {
@@ -413,7 +413,7 @@ func (s *Store) Audit(ctx context.Context, f AuditFilter) (Page[AuditRecord], er
 	}
 	q := `SELECT ` + auditColumns + ` FROM audit` + whereClause(where) +
 		` ORDER BY pos_commit ` + dir + `, pos_prepare ` + dir + ` LIMIT ` + a.add(limit+1)
-	rows, err := s.read.QueryContext(ctx, q, a...)
+	rows, err := s.r.QueryContext(ctx, q, a...)
 	if err != nil {
 		return Page[AuditRecord]{}, fmt.Errorf("readmodels: audit: %w", classify(err))
 	}

@@ -3,11 +3,13 @@ package readmodels
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
 	"io/fs"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"evident/eventstore"
@@ -33,9 +35,16 @@ type Store struct {
 	dialect string
 	write   *sql.DB
 	read    *sql.DB
-	now     func() time.Time
+	// w and r run statements on write and read: on SQLite through caches
+	// of prepared statements (wc, rc), on PostgreSQL as they are.
+	w, r   execer
+	wc, rc *stmtCache
+	now    func() time.Time
 	// idemLease is how long a pending idempotency claim holds its key.
 	idemLease time.Duration
+	// syncLevel is the write connection's PRAGMA synchronous plus one
+	// (SQLite; zero until UpdateAsync first reads it).
+	syncLevel atomic.Int64
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced when a checkpoint may have moved
@@ -84,6 +93,11 @@ func Open(ctx context.Context, dialect string, write, read *sql.DB, opts ...Opti
 	for _, o := range opts {
 		o(s)
 	}
+	s.w, s.r = write, read
+	if dialect == DialectSQLite {
+		s.wc, s.rc = newStmtCache(write), newStmtCache(read)
+		s.w, s.r = cachedDB{write, s.wc}, cachedDB{read, s.rc}
+	}
 	if err := read.PingContext(ctx); err != nil {
 		return nil, fmt.Errorf("readmodels: ping: %w", classify(err))
 	}
@@ -123,23 +137,104 @@ func (s *Store) Migrate(ctx context.Context) error {
 // beginning or committing is wrapped in *TxError so that callers can tell a
 // database that is unavailable from a handler that failed.
 func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
-	sqlTx, err := s.write.BeginTx(ctx, nil)
+	ct, err := s.update(ctx, s.write, false, fn)
+	ct.flush(ctx)
+	return err
+}
+
+// UpdateAsync is Update for a transaction whose commit need not wait for
+// the disk: only for rows derived from the log whose checkpoint moves in the
+// same transaction (AdvanceCheckpoint), never for anything the log does not
+// hold (credentials, idempotency keys). A crash of the machine (on
+// PostgreSQL, of the server) can then lose the last few such commits, rows
+// and checkpoint together, never one without the other, and they are applied
+// again from the log.
+//
+// On PostgreSQL the transaction runs with synchronous_commit = off, set by
+// its checkpoint statement. On SQLite it runs with synchronous = NORMAL: in
+// WAL mode its COMMIT writes the log but does not fsync it; the next
+// commit that does (every append is FULL) makes it durable with its own.
+// The write connection is back at its own level for everything after.
+func (s *Store) UpdateAsync(ctx context.Context, fn func(*Tx) error) error {
+	if s.dialect != DialectSQLite {
+		_, err := s.update(ctx, s.write, true, fn)
+		return err
+	}
+	conn, err := s.write.Conn(ctx)
 	if err != nil {
 		return &TxError{Op: "begin", Err: err}
 	}
-	tx := &Tx{ctx: ctx, tx: sqlTx, now: s.now, dialect: s.dialect}
+	level := s.syncLevel.Load()
+	if level == 0 {
+		if err := conn.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&level); err != nil {
+			return errors.Join(&TxError{Op: "begin", Err: err}, conn.Close())
+		}
+		level++ // stored off by one: zero is "not read yet"
+		s.syncLevel.Store(level)
+	}
+	var ct *cachedTx
+	if level-1 <= syncNormal { // it never waits for the disk anyway
+		ct, err = s.update(ctx, conn, true, fn)
+		err = closeConn(err, conn)
+	} else {
+		// The level cannot change inside a transaction: it is set around it.
+		if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = NORMAL`); err != nil {
+			return errors.Join(&TxError{Op: "begin", Err: err}, conn.Close())
+		}
+		ct, err = s.update(ctx, conn, true, fn)
+		if _, rerr := conn.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf(`PRAGMA synchronous = %d`, level-1)); rerr != nil {
+			// Never hand the connection back below its level: drop it, and
+			// the pool opens a new one with the configured pragmas.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			return errors.Join(err, &TxError{Op: "restore synchronous", Err: rerr})
+		}
+		err = closeConn(err, conn)
+	}
+	ct.flush(ctx) // on the pool: the connection is back in it
+	return err
+}
+
+// closeConn hands conn back to its pool; err, the transaction's, stays as
+// it is unless that fails.
+func closeConn(err error, conn *sql.Conn) error {
+	if cerr := conn.Close(); cerr != nil {
+		return errors.Join(err, &TxError{Op: "release", Err: cerr})
+	}
+	return err
+}
+
+// syncNormal is SQLite's synchronous = NORMAL.
+const syncNormal = 1
+
+// update runs fn in a transaction begun on db (a pool or one of its
+// connections); async is UpdateAsync's. On SQLite it returns the
+// transaction's statements, for the caller to flush once it holds the
+// connection no more.
+func (s *Store) update(ctx context.Context, db interface {
+	BeginTx(context.Context, *sql.TxOptions) (*sql.Tx, error)
+}, async bool, fn func(*Tx) error) (*cachedTx, error) {
+	sqlTx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, &TxError{Op: "begin", Err: err}
+	}
+	tx := &Tx{ctx: ctx, tx: sqlTx, q: sqlTx, now: s.now, dialect: s.dialect, async: async && s.dialect == DialectPostgres}
+	var ct *cachedTx
+	if s.wc != nil {
+		ct = &cachedTx{tx: sqlTx, cache: s.wc}
+		tx.q = ct
+	}
 	if err := fn(tx); err != nil {
 		_ = sqlTx.Rollback() // the error from fn says more than the rollback's
-		return err
+		return ct, err
 	}
 	if err := sqlTx.Commit(); err != nil {
-		return &TxError{Op: "commit", Err: err}
+		return ct, &TxError{Op: "commit", Err: err}
 	}
 	if tx.checkpointed {
 		s.broadcast()
 		s.notifyOthers()
 	}
-	return nil
+	return ct, nil
 }
 
 // AdvanceCheckpoint moves a projection's checkpoint from from to to, in one
@@ -147,10 +242,10 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 // rows, where a transaction would only add round trips. Like
 // Tx.AdvanceCheckpoint it fails with ErrCheckpointMoved when the checkpoint
 // is not at from, and wakes the waiters when it moved. On PostgreSQL it does
-// not wait for the WAL flush (see Tx.AsyncCommit): a crash can only lose it,
+// not wait for the WAL flush (see UpdateAsync): a crash can only lose it,
 // and the events it passed, which change nothing, are read again.
 func (s *Store) AdvanceCheckpoint(ctx context.Context, name string, from, to eventstore.Position) error {
-	if err := advanceCheckpoint(ctx, s.write, s.dialect == DialectPostgres, s.now(), name, from, to); err != nil {
+	if err := advanceCheckpoint(ctx, s.w, s.dialect == DialectPostgres, s.now(), name, from, to); err != nil {
 		return err
 	}
 	s.broadcast()
@@ -174,7 +269,7 @@ func (e *TxError) Is(target error) bool { return target == ErrUnavailable }
 // Checkpoint returns the stored position of a projection or reactor; the
 // zero Position when it has none.
 func (s *Store) Checkpoint(ctx context.Context, name string) (eventstore.Position, error) {
-	return checkpoint(ctx, s.read, name)
+	return checkpoint(ctx, s.r, name)
 }
 
 // Reset clears a projection for a rebuild: its tables, its checkpoint and its
@@ -189,14 +284,14 @@ func (s *Store) Reset(ctx context.Context, projection string, tables ...string) 
 	return s.Update(ctx, func(tx *Tx) error {
 		for _, t := range tables {
 			// t is one of the fixed names checked above.
-			if _, err := tx.tx.ExecContext(ctx, "DELETE FROM "+t); err != nil {
+			if _, err := tx.q.ExecContext(ctx, "DELETE FROM "+t); err != nil {
 				return fmt.Errorf("readmodels: reset %s: %w", t, classify(err))
 			}
 		}
-		if _, err := tx.tx.ExecContext(ctx, `DELETE FROM checkpoints WHERE name = $1`, projection); err != nil {
+		if _, err := tx.q.ExecContext(ctx, `DELETE FROM checkpoints WHERE name = $1`, projection); err != nil {
 			return fmt.Errorf("readmodels: reset checkpoint %s: %w", projection, classify(err))
 		}
-		if _, err := tx.tx.ExecContext(ctx, `DELETE FROM parked_events WHERE projection = $1`, projection); err != nil {
+		if _, err := tx.q.ExecContext(ctx, `DELETE FROM parked_events WHERE projection = $1`, projection); err != nil {
 			return fmt.Errorf("readmodels: reset parked %s: %w", projection, classify(err))
 		}
 		return tx.notify(projection, eventstore.Position{})
@@ -226,7 +321,7 @@ func isProjectionTable(t string) bool {
 func (s *Store) Dump(ctx context.Context) (map[string][]map[string]any, error) {
 	out := make(map[string][]map[string]any, len(ProjectionTables))
 	for _, t := range ProjectionTables {
-		rows, err := s.read.QueryContext(ctx, "SELECT * FROM "+t+" ORDER BY "+tableOrder[t])
+		rows, err := s.r.QueryContext(ctx, "SELECT * FROM "+t+" ORDER BY "+tableOrder[t])
 		if err != nil {
 			return nil, fmt.Errorf("readmodels: dump %s: %w", t, classify(err))
 		}
@@ -283,7 +378,7 @@ type ParkedEvent struct {
 
 // Parked lists every parked event, by projection and time parked.
 func (s *Store) Parked(ctx context.Context) ([]ParkedEvent, error) {
-	rows, err := s.read.QueryContext(ctx, `SELECT `+parkedColumns+`
+	rows, err := s.r.QueryContext(ctx, `SELECT `+parkedColumns+`
 		FROM parked_events ORDER BY projection, parked_at, event_id`)
 	if err != nil {
 		return nil, fmt.Errorf("readmodels: parked: %w", classify(err))

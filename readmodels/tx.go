@@ -20,6 +20,7 @@ import (
 type Tx struct {
 	ctx     context.Context // Update's; a Tx lives only inside it
 	tx      *sql.Tx
+	q       execer // runs statements in tx (on SQLite, prepared: cachedTx)
 	now     func() time.Time
 	dialect string
 	// checkpointed is set once the transaction wrote a checkpoint, so that
@@ -28,21 +29,8 @@ type Tx struct {
 	// shadows maps a projection table to the table its statements go to
 	// instead (Shadow.Tx); nil on the live path.
 	shadows map[string]string
-	// async: the commit need not wait for the WAL flush (AsyncCommit).
+	// async: the commit need not wait for the WAL flush (UpdateAsync, PostgreSQL).
 	async bool
-}
-
-// AsyncCommit lets this transaction's commit return before its WAL record
-// is flushed to disk: PostgreSQL's synchronous_commit = off, for this
-// transaction only (a no-op on SQLite). It takes effect with the
-// transaction's checkpoint (AdvanceCheckpoint), which it needs: it is only
-// for rows derived from the log whose checkpoint moves in the same
-// transaction. A crash of the server can then lose the last few such
-// commits, rows and checkpoint together, never one without the other, and
-// they are applied again from the log. Never for anything the log does not
-// hold (credentials, idempotency keys).
-func (t *Tx) AsyncCommit() {
-	t.async = t.dialect == DialectPostgres
 }
 
 // rel is how a statement names projection table t: t itself, or on a shadow
@@ -58,7 +46,7 @@ func (tx *Tx) rel(t string) string {
 
 // User reads a user row inside the transaction, or ErrNotFound.
 func (tx *Tx) User(id uuid.UUID) (User, error) {
-	return getUser(tx.ctx, tx.tx, tx.rel("users"), id)
+	return getUser(tx.ctx, tx.q, tx.rel("users"), id)
 }
 
 // PutUser inserts the user or, when the row exists, overwrites it only if
@@ -72,7 +60,7 @@ func (tx *Tx) PutUser(u User) error {
 	if err != nil {
 		return fmt.Errorf("readmodels: user %s roles: %w", u.ID, classify(err))
 	}
-	_, err = tx.tx.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("users")+` (`+userColumns+`)
+	_, err = tx.q.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("users")+` (`+userColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 		ON CONFLICT (id) DO UPDATE SET
 			email = excluded.email, name = excluded.name, roles = excluded.roles,
@@ -92,7 +80,7 @@ func (tx *Tx) PutUser(u User) error {
 
 // Session reads a session row (status as stored) inside the transaction, or ErrNotFound.
 func (tx *Tx) Session(id uuid.UUID) (Session, error) {
-	s, err := scanSession(tx.tx.QueryRowContext(tx.ctx, `SELECT `+rawSessionColumns+` FROM `+tx.rel("sessions")+` WHERE id = $1`, id.String()))
+	s, err := scanSession(tx.q.QueryRowContext(tx.ctx, `SELECT `+rawSessionColumns+` FROM `+tx.rel("sessions")+` WHERE id = $1`, id.String()))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Session{}, ErrNotFound
 	}
@@ -105,7 +93,7 @@ func (tx *Tx) Session(id uuid.UUID) (Session, error) {
 // PutSession inserts the session or, when the row exists, overwrites it only
 // if s.Version is newer than the stored one.
 func (tx *Tx) PutSession(s Session) error {
-	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("sessions")+` (`+rawSessionColumns+`)
+	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("sessions")+` (`+rawSessionColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (id) DO UPDATE SET
 			user_id = excluded.user_id, status = excluded.status,
@@ -124,7 +112,7 @@ func (tx *Tx) PutSession(s Session) error {
 // InsertActivationToken adds a token; an existing hash is left as it is.
 // version is the user stream's version of the event that issued it.
 func (tx *Tx) InsertActivationToken(t ActivationToken, version int64) error {
-	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("activation_tokens")+`
+	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("activation_tokens")+`
 		(token_hash, user_id, status, requested_by, version, created_at, expires_at, ended_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (token_hash) DO NOTHING`,
@@ -163,7 +151,7 @@ func (tx *Tx) ChangeActivationTokens(c TokenChange) error {
 	if c.From != "" {
 		q += ` AND status = ` + a.add(c.From)
 	}
-	if _, err := tx.tx.ExecContext(tx.ctx, q, a...); err != nil {
+	if _, err := tx.q.ExecContext(tx.ctx, q, a...); err != nil {
 		return fmt.Errorf("readmodels: change activation tokens of %s: %w", c.UserID, classify(err))
 	}
 	return nil
@@ -183,7 +171,7 @@ func (tx *Tx) InsertAudit(r AuditRecord) error {
 	if meta == "" {
 		meta = "{}"
 	}
-	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("audit")+` (`+auditColumns+`)
+	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("audit")+` (`+auditColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 		ON CONFLICT DO NOTHING`,
 		r.EventID.String(), r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
@@ -198,14 +186,14 @@ func (tx *Tx) InsertAudit(r AuditRecord) error {
 // Checkpoint returns the stored position of name inside the transaction;
 // the zero Position when it has none.
 func (tx *Tx) Checkpoint(name string) (eventstore.Position, error) {
-	return checkpoint(tx.ctx, tx.tx, name)
+	return checkpoint(tx.ctx, tx.q, name)
 }
 
 // SetCheckpoint stores name's position, wherever it was. Projections and
 // reactors use AdvanceCheckpoint, which refuses to move a checkpoint another
 // process moved.
 func (tx *Tx) SetCheckpoint(name string, pos eventstore.Position) error {
-	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
+	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
 		ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at`,
 		name, pos.String(), micros(tx.now()))
 	if err != nil {
@@ -225,7 +213,7 @@ func (tx *Tx) SetCheckpoint(name string, pos eventstore.Position) error {
 // row lock and then sees the moved checkpoint, so of two processes that
 // apply the same events only one commits.
 func (tx *Tx) AdvanceCheckpoint(name string, from, to eventstore.Position) error {
-	if err := advanceCheckpoint(tx.ctx, tx.tx, tx.async, tx.now(), name, from, to); err != nil {
+	if err := advanceCheckpoint(tx.ctx, tx.q, tx.async, tx.now(), name, from, to); err != nil {
 		return err
 	}
 	return tx.notify(name, to)
@@ -264,7 +252,7 @@ func (tx *Tx) AdvanceCheckpoints(moves []CheckpointMove) error {
 	for _, m := range moves {
 		if m.From.IsZero() {
 			// No row to update yet: the conditional insert of its own.
-			err := advanceCheckpoint(tx.ctx, tx.tx, tx.async, tx.now(), m.Name, m.From, m.To)
+			err := advanceCheckpoint(tx.ctx, tx.q, tx.async, tx.now(), m.Name, m.From, m.To)
 			if errors.Is(err, ErrCheckpointMoved) {
 				moved = append(moved, m.Name)
 			} else if err != nil {
@@ -305,7 +293,7 @@ func (tx *Tx) AdvanceCheckpoints(moves []CheckpointMove) error {
 
 // updatedNames runs q and returns the set of its rows' first column.
 func (tx *Tx) updatedNames(q string, a args) (map[string]bool, error) {
-	rs, err := tx.tx.QueryContext(tx.ctx, q, a...)
+	rs, err := tx.q.QueryContext(tx.ctx, q, a...)
 	if err != nil {
 		return nil, err
 	}
@@ -333,7 +321,7 @@ func (tx *Tx) updatedNames(q string, a args) (map[string]bool, error) {
 // advanceCheckpoint moves name's checkpoint from from to to in one
 // statement, or fails with ErrCheckpointMoved when it is not at from.
 // async turns off the wait for the WAL flush of the statement's
-// transaction (PostgreSQL; see Tx.AsyncCommit), in the same statement.
+// transaction (PostgreSQL; see UpdateAsync), in the same statement.
 func advanceCheckpoint(ctx context.Context, db interface {
 	ExecContext(context.Context, string, ...any) (sql.Result, error)
 }, async bool, now time.Time, name string, from, to eventstore.Position) error {
@@ -385,7 +373,7 @@ func (tx *Tx) Park(p ParkedEvent) error {
 	if p.ParkedAt.IsZero() {
 		p.ParkedAt = tx.now()
 	}
-	_, err := tx.tx.ExecContext(tx.ctx, `INSERT INTO parked_events
+	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO parked_events
 		(projection, event_id, position, event_type, error, attempts, parked_at, stream, version)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (projection, event_id) DO UPDATE SET

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,7 +111,7 @@ func prepare(ctx context.Context, db *sqlitedb.DB) (st statements, err error) {
 		{&st.savepoint, db.Write, `SAVEPOINT append_request`},
 		{&st.release, db.Write, `RELEASE append_request`},
 		{&st.rollbackTo, db.Write, `ROLLBACK TO append_request`},
-		{&st.readStream, db.Read, selectEvents + ` WHERE stream = $1 AND version >= $2 ORDER BY version`},
+		{&st.readStream, db.Read, selectStreamEvents + ` WHERE stream = $1 AND version >= $2 ORDER BY version`},
 		{&st.readAll, db.Read, selectEvents + ` WHERE position > $1 ORDER BY position LIMIT $2`},
 		{&st.exists, db.Read, `SELECT EXISTS (SELECT 1 FROM events WHERE position > $1)`},
 	} {
@@ -614,6 +615,11 @@ func insertError(ctx context.Context, stream string, id uuid.UUID, err error) er
 
 const selectEvents = `SELECT position, event_id, stream, version, type, data, metadata, recorded_at FROM events`
 
+// selectStreamEvents is selectEvents without the stream, which a stream's
+// reader knows: every event shares the caller's string, read and allocated
+// by nobody.
+const selectStreamEvents = `SELECT position, event_id, version, type, data, metadata, recorded_at FROM events`
+
 // ReadStream returns the stream's events with version >= from, oldest first;
 // a negative from reads from the start. A stream that does not exist has no
 // events. An empty name is eventstore.ErrInvalid; every read error is
@@ -626,7 +632,7 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]ev
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
-	evs, err := scanEvents(rows, 0)
+	evs, err := scanEvents(rows, stream, 0)
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read stream %q", stream), err)
 	}
@@ -647,18 +653,19 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
-	evs, err := scanEvents(rows, limit)
+	evs, err := scanEvents(rows, "", limit)
 	if err != nil {
 		return nil, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
 	}
 	return evs, nil
 }
 
-// scanEvents reads rows of selectEvents, at most limit (0: not known). A
-// replay reads the whole log through here, so it allocates little beyond
-// what the driver does: data and metadata are the strings the driver makes
-// of each TEXT value (a copy of its own), kept as they are (text).
-func scanEvents(rows *sql.Rows, limit int) (_ []eventstore.RecordedEvent, err error) {
+// scanEvents reads rows of selectEvents, or of selectStreamEvents when
+// stream is not empty, at most limit (0: not known). A replay reads the
+// whole log through here, so it allocates little beyond what the driver
+// does: data and metadata are the strings the driver makes of each TEXT
+// value (a copy of its own), kept as they are (text).
+func scanEvents(rows *sql.Rows, stream string, limit int) (_ []eventstore.RecordedEvent, err error) {
 	defer func() { err = errors.Join(err, rows.Close()) }()
 	var (
 		evs = arena.Events{Limit: limit}
@@ -671,6 +678,10 @@ func scanEvents(rows *sql.Rows, limit int) (_ []eventstore.RecordedEvent, err er
 		data, metadata text
 		dst            = []any{&pos, &id, &e.Stream, &e.Version, &e.Type, &data, &metadata, &recordedAt}
 	)
+	if stream != "" {
+		e.Stream = stream
+		dst = slices.Delete(dst, 2, 3)
+	}
 	defer evs.Release() // after Done, nothing
 	for rows.Next() {
 		if err := rows.Scan(dst...); err != nil {

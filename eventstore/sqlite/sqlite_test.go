@@ -4,8 +4,10 @@ import (
 	"database/sql"
 	"encoding/json"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
@@ -244,4 +246,31 @@ func TestLimits(t *testing.T) {
 
 	_, err = s.ReadAll(ctx, eventstore.Position{}, 0)
 	assert.ErrorIs(t, err, eventstore.ErrInvalid, "a limit below one")
+}
+
+// ReadStream does not read the stream column back: every event it returns
+// names the stream with the caller's string, not with a copy per event (a
+// hot stream is read whole after every conflict). ReadAll reads it.
+func TestReadStreamSharesTheCallersStreamName(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	_, s := open(t, filepath.Join(t.TempDir(), "events.db"))
+	_, err := s.Append(ctx, eventstore.AppendRequest{Stream: "user-1", Expected: eventstore.NoStream,
+		Events: []eventstore.EventData{ev("a"), ev("b"), ev("c")}})
+	require.NoError(t, err)
+
+	name := strings.Clone("user-1")
+	evs, err := s.ReadStream(ctx, name, 0)
+	require.NoError(t, err)
+	require.Len(t, evs, 3)
+	for i, e := range evs {
+		assert.Equal(t, int64(i), e.Version)
+		assert.Same(t, unsafe.StringData(name), unsafe.StringData(e.Stream), "event %d has its own copy of the name", i)
+	}
+	all, err := s.ReadAll(ctx, eventstore.Position{}, 10)
+	require.NoError(t, err)
+	require.Len(t, all, 3)
+	for _, e := range all {
+		assert.Equal(t, "user-1", e.Stream)
+	}
 }

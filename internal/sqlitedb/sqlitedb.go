@@ -18,6 +18,13 @@ import (
 // on the file (the CLI may write while a server runs) before SQLITE_BUSY.
 const BusyTimeoutMillis = 10000
 
+// ReadMmapBytes is how much of the file the read connections map into
+// memory. Every commit empties a reader's page cache (WAL mode), so without
+// the map each read copies every page it touches in with a system call; a
+// stream read that meets a page per event paid one pread per event. Only
+// reads map the file: writes still go through write(2) and its fsync.
+const ReadMmapBytes = 256 << 20
+
 // DB is one SQLite file opened as two pools: Write for every statement that
 // changes the file, Read for queries. Writers in one process queue in Go
 // behind Write's single connection, so they never meet SQLITE_BUSY from each
@@ -37,7 +44,7 @@ type DB struct {
 // event must survive power loss, not only a crash), foreign keys and a busy
 // timeout; the read pool is query_only with the same busy timeout. Open pings
 // both pools, so a path that cannot be opened fails here rather than at first
-// use.
+// use. Read connections map the file (ReadMmapBytes).
 func Open(path string) (*DB, error) {
 	if path == "" {
 		return nil, errors.New("sqlitedb: empty path")
@@ -73,6 +80,7 @@ func Open(path string) (*DB, error) {
 		"busy_timeout", fmt.Sprint(BusyTimeoutMillis),
 		"foreign_keys", "1",
 		"query_only", "1",
+		"mmap_size", fmt.Sprint(ReadMmapBytes),
 	))
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlitedb: open read pool %q: %w", abs, err), write.Close())

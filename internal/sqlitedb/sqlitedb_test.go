@@ -43,6 +43,8 @@ func TestOpenCreatesDirectoryAndSetsPragmas(t *testing.T) {
 	assert.Equal(t, "wal", pragma[string](t, db.Read, "journal_mode"))
 	assert.Equal(t, 1, pragma[int](t, db.Read, "query_only"))
 	assert.Equal(t, 10000, pragma[int](t, db.Read, "busy_timeout"))
+	assert.Equal(t, sqlitedb.ReadMmapBytes, pragma[int](t, db.Read, "mmap_size"), "reads map the file")
+	assert.Equal(t, 0, pragma[int](t, db.Write, "mmap_size"), "writes do not")
 	assert.Greater(t, db.Read.Stats().MaxOpenConnections, 1)
 }
 
