@@ -694,6 +694,7 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 		attempts, outage int
 		parkAt           = -1
 		parkErr          error
+		batched          = true // see applyGroup
 	)
 	for len(evs) > 0 {
 		upto := len(evs)
@@ -702,12 +703,16 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 		}
 		chunk := evs[:upto]
 		var err error
+		update := r.rm.UpdateBatched
+		if !batched {
+			update = r.rm.Update
+		}
 		if parkAt < 0 && !handlesAny(w.proj, chunk) {
 			// Nothing in the batch for this projection: one statement
 			// moves its checkpoint, no transaction.
 			err = r.rm.AdvanceCheckpoint(ctx, w.name, from, chunk[len(chunk)-1].Position)
 		} else {
-			err = r.rm.Update(ctx, func(tx *readmodels.Tx) error {
+			err = update(ctx, func(tx *readmodels.Tx) error {
 				// Derived rows and their checkpoint: a crash loses them
 				// together and they are applied again.
 				tx.AsyncCommit()
@@ -732,6 +737,10 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 		switch {
 		case errors.Is(err, readmodels.ErrCheckpointMoved):
 			return err
+		case batched && errors.Is(err, readmodels.ErrBatched) && !transient(err):
+			// A write of the batch failed; unbatched, the event that
+			// made it is known, to retry and park.
+			batched = false
 		case err == nil:
 			parked := 0
 			if parkAt >= 0 {
@@ -744,7 +753,7 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 			from = chunk[len(chunk)-1].Position
 			r.advance(w, from, parked)
 			evs = evs[upto:]
-			attempts, outage, parkAt, parkErr = 0, 0, -1, nil
+			attempts, outage, parkAt, parkErr, batched = 0, 0, -1, nil, true
 		case errors.As(err, &ae) && !transient(ae.err):
 			attempts++
 			ev := chunk[ae.index]
@@ -1192,8 +1201,16 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 		}
 	}()
 	var outage int
+	// Batched: the transaction's statements go as one round trip. When a
+	// write fails there, which part it was is not known; the batch is
+	// applied again unbatched, which says.
+	batched := true
 	for len(parts) > 0 {
-		err := r.rm.Update(ctx, func(tx *readmodels.Tx) error {
+		update := r.rm.UpdateBatched
+		if !batched {
+			update = r.rm.Update
+		}
+		err := update(ctx, func(tx *readmodels.Tx) error {
 			// Derived rows and their checkpoints: a crash loses them
 			// together and they are applied again.
 			tx.AsyncCommit()
@@ -1231,8 +1248,23 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 		if ctx.Err() != nil {
 			return
 		}
-		var pe *partError
+		var (
+			pe *partError
+			me *readmodels.CheckpointsMovedError
+		)
+		if !errors.As(err, &pe) && errors.As(err, &me) {
+			// Found at the commit of a batch.
+			pe = &partError{err: err}
+			for i, p := range parts {
+				if slices.Contains(me.Names, p.m.w.name) {
+					pe.parts = append(pe.parts, i)
+				}
+			}
+			err = pe
+		}
 		switch {
+		case batched && errors.Is(err, readmodels.ErrBatched) && !transient(err):
+			batched = false
 		case err == nil:
 			g.mu.Lock()
 			for _, p := range parts {

@@ -872,3 +872,46 @@ func TestProjectionSkipsBatchesItDoesNotHandle(t *testing.T) {
 		assert.Len(t, e.dump(t)["sessions"], 1, "a handled event is applied")
 	})
 }
+
+// refused wraps a projection and, for one event, writes a row the database
+// refuses (PostgreSQL text holds no NUL): Apply returns nil, and on
+// PostgreSQL, where a batch's writes are sent together at its end, the
+// failure shows only then.
+type refused struct {
+	projections.Projection
+	poison uuid.UUID
+}
+
+func (f *refused) Tables() []string { return f.Projection.(projections.Tabled).Tables() }
+
+func (f *refused) Apply(tx *readmodels.Tx, ev eventstore.RecordedEvent) error {
+	if ev.ID == f.poison {
+		return tx.PutUser(readmodels.User{ID: uuid.New(), Name: "nul\x00", Status: "pending", Version: 1})
+	}
+	return f.Projection.Apply(tx, ev)
+}
+
+// A write that fails only when its batch is sent is traced to its event and
+// projection: that event is parked for that projection alone, and the
+// others apply everything.
+func TestRefusedWriteParksOnlyItsEvent(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, readmodels.DialectPostgres)
+	for i := range 6 {
+		id := uuid.New()
+		e.append(t, userStream(id), user.Created{UserID: id, Email: fmt.Sprintf("r%d@x.org", i), Name: "R"})
+	}
+	poison := e.all(t)[2]
+	users := &refused{Projection: projections.Users(), poison: poison.ID}
+	r, _ := e.start(t, []projections.Projection{users, projections.Audit()}, fast(2))
+	waitFor(t, r, eventstore.At(6))
+
+	assert.Equal(t, 6, auditCount(t, e), "audit is not held back")
+	assert.Len(t, e.dump(t)["users"], 5, "every user but the poison event's")
+	parked, err := e.rm.Parked(ctx)
+	require.NoError(t, err)
+	require.Len(t, parked, 1)
+	assert.Equal(t, projections.NameUsers, parked[0].Projection)
+	assert.Equal(t, poison.ID.String(), parked[0].EventID)
+	assert.Equal(t, 3, parked[0].Attempts, "the first try and two retries")
+}
