@@ -920,11 +920,9 @@ type feed struct {
 	limit int
 	keep  int // how many recent batches the cache holds
 
-	mu        sync.Mutex
-	cache     []cached // non-empty batches, oldest first
-	flights   map[eventstore.Position]*flight
-	head      eventstore.Position // where the last short read ended
-	headKnown bool
+	mu      sync.Mutex
+	cache   []cached // non-empty batches, oldest first
+	flights map[eventstore.Position]*flight
 }
 
 type cached struct {
@@ -988,33 +986,14 @@ func (f *feed) next(ctx context.Context, pos eventstore.Position) ([]eventstore.
 	}
 }
 
-// read reads once, and waits for the log when that found nothing. At the
-// position where the last short read ended (the head, as far as the feed
-// knows) it waits first: Wait returns at once when there are events after
-// it, and otherwise the read would find nothing.
+// read reads once, and waits for the log when that found nothing. It
+// reads before it waits even where the last read found the head: under
+// load the next events are there by then, and a Wait first would cost a
+// round trip of its own (its probe) before the read.
 func (f *feed) read(ctx context.Context, pos eventstore.Position) ([]eventstore.RecordedEvent, error) {
-	f.mu.Lock()
-	atHead := f.headKnown && f.head == pos
-	f.mu.Unlock()
-	if atHead {
-		if err := f.src.Wait(ctx, pos); err != nil {
-			return nil, fmt.Errorf("wait for the log: %w", err)
-		}
-	}
 	evs, err := f.src.ReadAll(ctx, pos, f.limit)
-	if err != nil {
-		return nil, err
-	}
-	if len(evs) > 0 {
-		if len(evs) < f.limit {
-			f.mu.Lock()
-			f.head, f.headKnown = evs[len(evs)-1].Position, true
-			f.mu.Unlock()
-		}
-		return evs, nil
-	}
-	if atHead {
-		return nil, nil // Wait returned early; the caller asks again
+	if err != nil || len(evs) > 0 {
+		return evs, err
 	}
 	if err := f.src.Wait(ctx, pos); err != nil {
 		return nil, fmt.Errorf("wait for the log: %w", err)

@@ -551,8 +551,9 @@ func testWorkersShareTheirReadsOfTheLog(t *testing.T, dialect string) {
 	assert.Equal(t, int64(e.events(t)), handled.Load(), "the reactor saw every event once")
 	// Five workers read every batch themselves before: at least 5 × 20.
 	assert.LessOrEqual(t, src.reads.Load(), int64(commands+5), "reads of the log that returned events")
-	// At the head the feed waits before it reads: no empty read per batch.
-	assert.LessOrEqual(t, src.all.Load(), int64(commands+5), "reads of the log in all")
+	// At the head the feed reads before it waits (under load the next
+	// events are there): one empty read per batch when the log is idle.
+	assert.LessOrEqual(t, src.all.Load(), int64(2*commands+5), "reads of the log in all")
 	assert.Equal(t, 20, len(e.dump(t)["users"]))
 }
 
