@@ -51,6 +51,10 @@ const (
 	// events that are committed but not yet safe to hand out, before it
 	// returns without them.
 	holdBackWait = time.Second
+
+	// holdBackPause is the longest pause between two looks at the horizon
+	// while ReadAll waits for it.
+	holdBackPause = 5 * time.Millisecond
 )
 
 //go:embed migrations/*.sql
@@ -132,6 +136,9 @@ type Store struct {
 	// read "seq > after" the way a skipping reader would.
 	beforeCommit func(ctx context.Context)
 	naive        bool
+	// maxHoldPause is the longest pause between awaitHorizon's looks at the
+	// horizon (holdBackPause; tests lengthen it).
+	maxHoldPause time.Duration
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every wake-up
@@ -184,7 +191,7 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 	}
 	gctx, cancel := context.WithCancel(context.Background())
 	return &Store{
-		pool: pool, channel: channelName(schema), changed: make(chan struct{}),
+		pool: pool, channel: channelName(schema), changed: make(chan struct{}), maxHoldPause: holdBackPause,
 		groupCtx: gctx, groupCancel: cancel,
 		notify: make(chan struct{}, 1), notifierDone: make(chan struct{}),
 	}, nil
@@ -556,10 +563,13 @@ func (s *Store) readBelow(ctx context.Context, after eventstore.Position, limit 
 // awaitHorizon polls, with backoff, until the horizon has passed transaction
 // held or holdBackWait has gone by. The transactions that hold the horizon
 // are appends: one statement each, a few milliseconds from their commit.
+// An append of this process that commits ends the pause at once: it is
+// most often the one holding the horizon.
 func (s *Store) awaitHorizon(ctx context.Context, held uint64) error {
 	deadline := time.Now().Add(holdBackWait)
 	pause := 500 * time.Microsecond
 	for {
+		changed := s.subscribe() // before the horizon is read: no commit falls between
 		var h int64
 		if err := s.pool.QueryRow(ctx, horizon).Scan(&h); err != nil {
 			return wrap(ctx, "read horizon", err)
@@ -570,11 +580,13 @@ func (s *Store) awaitHorizon(ctx context.Context, held uint64) error {
 		t := time.NewTimer(pause)
 		select {
 		case <-t.C:
+		case <-changed:
+			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
 		}
-		pause = min(2*pause, 5*time.Millisecond)
+		pause = min(2*pause, s.maxHoldPause)
 	}
 }
 

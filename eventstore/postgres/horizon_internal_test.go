@@ -1,0 +1,98 @@
+package postgres
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"evident/eventstore"
+	"evident/internal/pgtest"
+)
+
+// horizonPolls reports each look at the horizon that awaitHorizon takes.
+type horizonPolls chan struct{}
+
+type pollKey struct{}
+
+func (h horizonPolls) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	return context.WithValue(ctx, pollKey{}, data.SQL == horizon)
+}
+
+func (h horizonPolls) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
+	if poll, _ := ctx.Value(pollKey{}).(bool); poll {
+		select {
+		case h <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// A reader held back by a running append of its own process goes on as
+// soon as that append commits, not at its next look at the horizon, which
+// comes up to holdBackPause later once it has waited a while (lengthened
+// here, so that the two cannot be confused on a busy machine).
+func TestHeldBackReaderGoesOnWhenItsProcessCommits(t *testing.T) {
+	t.Parallel()
+	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
+	require.NoError(t, err)
+	cfg.MaxConns = 4
+	polls := make(horizonPolls, 100)
+	cfg.ConnConfig.Tracer = polls
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	s, err := New(context.Background(), pool)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	s.maxHoldPause = 200 * time.Millisecond
+	ctx := t.Context()
+
+	for trial := range 3 {
+		held, release := make(chan struct{}), make(chan struct{})
+		var taken atomic.Bool // only the first append of the trial waits
+		s.beforeCommit = func(context.Context) {
+			if taken.CompareAndSwap(false, true) {
+				close(held)
+				<-release
+			}
+		}
+		done := make(chan error, 1)
+		var committed time.Time
+		go func() {
+			_, err := s.Append(ctx, one("slow-"+string(rune('a'+trial)), eventstore.NoStream))
+			committed = time.Now()
+			done <- err
+		}()
+		<-held
+		at, err := s.Append(ctx, one("fast-"+string(rune('a'+trial)), eventstore.NoStream))
+		require.NoError(t, err)
+
+		for len(polls) > 0 {
+			<-polls
+		}
+		read := make(chan []eventstore.RecordedEvent, 1)
+		go func() {
+			evs, err := s.ReadAll(ctx, eventstore.Position{Commit: at.Position.Commit - 1}, 10)
+			require.NoError(t, err)
+			read <- evs
+		}()
+		// After eight looks the next pause is 64 ms; the append is let
+		// go to commit just after the eighth.
+		for range 8 {
+			<-polls
+		}
+		close(release)
+		evs := <-read
+		readAt := time.Now()
+		require.NoError(t, <-done)
+		require.NotEmpty(t, evs, "the committed append is read once the running one has ended")
+		assert.Less(t, readAt.Sub(committed), 40*time.Millisecond, "from the commit to the read")
+	}
+	s.beforeCommit = nil
+}
