@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -95,4 +96,30 @@ func TestHeldBackReaderGoesOnWhenItsProcessCommits(t *testing.T) {
 		assert.Less(t, readAt.Sub(committed), 40*time.Millisecond, "from the commit to the read")
 	}
 	s.beforeCommit = nil
+}
+
+// A Store's readers are woken once per commit of its own: at the commit,
+// not again when its own notification comes back through its listener.
+// Another Store's commits still wake them.
+func TestOwnNotificationsDoNotWakeAgain(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	s, other := storeAt(t, url, 4), storeAt(t, url, 4)
+	ctx := t.Context()
+	require.NoError(t, s.Wait(ctx, eventstore.Position{Commit: 1 << 62})) // starts the listener
+	time.Sleep(100 * time.Millisecond)                                    // and lets it connect
+	before := s.wakes.Load()
+	const appends = 10
+	for i := range appends {
+		_, err := s.Append(ctx, one(fmt.Sprintf("own-%d", i), eventstore.NoStream))
+		require.NoError(t, err)
+	}
+	time.Sleep(200 * time.Millisecond) // the notifications arrive
+	assert.Equal(t, int64(appends), s.wakes.Load()-before, "wake-ups")
+
+	before = s.wakes.Load()
+	_, err := other.Append(ctx, one("other", eventstore.NoStream))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return s.wakes.Load() > before }, 5*time.Second, time.Millisecond,
+		"another Store's commit wakes")
 }

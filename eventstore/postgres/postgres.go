@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"database/sql"
 	"embed"
@@ -126,10 +127,15 @@ var migrations embed.FS
 // share the next. The first Wait starts one listener connection, taken out
 // of the pool, that wakes every waiter; it reconnects with backoff when it
 // drops, and Wait also wakes every fallbackWake. Waiters in the appending
-// process are woken at commit, without the round trip.
+// process are woken at commit, without the round trip; its listener skips
+// the notifications it sent itself (their payload names the Store), which
+// would only wake them again for nothing.
 type Store struct {
 	pool    *pgxpool.Pool
 	channel string // the NOTIFY channel of this schema's log
+	// sender is the payload of this Store's notifications: its listener
+	// skips them, as its commits woke its readers already.
+	sender string
 
 	// Test hooks, set before the Store is used. beforeCommit runs inside
 	// every append transaction just before COMMIT; naive makes ReadAll
@@ -163,6 +169,7 @@ type Store struct {
 	fallbacks    atomic.Int64 // groups whose statement failed as a whole
 	setGroups    atomic.Int64 // groups appendSet wrote
 	declined     atomic.Int64 // groups appendSet declined, sent again through evident_append
+	wakes        atomic.Int64 // wake-ups of the readers, for tests
 }
 
 var _ eventstore.Store = (*Store)(nil)
@@ -191,7 +198,7 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 	}
 	gctx, cancel := context.WithCancel(context.Background())
 	return &Store{
-		pool: pool, channel: channelName(schema), changed: make(chan struct{}), maxHoldPause: holdBackPause,
+		pool: pool, channel: channelName(schema), sender: rand.Text(), changed: make(chan struct{}), maxHoldPause: holdBackPause,
 		groupCtx: gctx, groupCancel: cancel,
 		notify: make(chan struct{}, 1), notifierDone: make(chan struct{}),
 	}, nil
@@ -692,6 +699,7 @@ func (s *Store) subscribe() <-chan struct{} {
 
 // wake wakes every Wait in progress.
 func (s *Store) wake() {
+	s.wakes.Add(1)
 	s.mu.Lock()
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -742,9 +750,12 @@ func (s *Store) listenOnce(ctx context.Context, connected func()) {
 	// Appends that committed before LISTEN took effect sent no wake-up.
 	s.wake()
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return
 		}
-		s.wake()
+		if n.Payload != s.sender {
+			s.wake()
+		}
 	}
 }
