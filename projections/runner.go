@@ -694,6 +694,7 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 		attempts, outage int
 		parkAt           = -1
 		parkErr          error
+		batched          = true // see applyGroup
 	)
 	for len(evs) > 0 {
 		upto := len(evs)
@@ -702,14 +703,18 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 		}
 		chunk := evs[:upto]
 		var err error
+		// Derived rows and their checkpoint(s): a crash loses them
+		// together and they are applied again.
+		update := r.rm.UpdateAsync
+		if !batched {
+			update = r.rm.Update
+		}
 		if parkAt < 0 && !handlesAny(w.proj, chunk) {
 			// Nothing in the batch for this projection: one statement
 			// moves its checkpoint, no transaction.
 			err = r.rm.AdvanceCheckpoint(ctx, w.name, from, chunk[len(chunk)-1].Position)
 		} else {
-			// Derived rows and their checkpoint: a crash loses them
-			// together and they are applied again.
-			err = r.rm.UpdateAsync(ctx, func(tx *readmodels.Tx) error {
+			err = update(ctx, func(tx *readmodels.Tx) error {
 				for i, ev := range chunk {
 					if i == parkAt {
 						if err := tx.Park(parkedEvent(w.name, ev, parkErr, attempts)); err != nil {
@@ -731,6 +736,10 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 		switch {
 		case errors.Is(err, readmodels.ErrCheckpointMoved):
 			return err
+		case batched && errors.Is(err, readmodels.ErrBatched) && !transient(err):
+			// A write of the batch failed; unbatched, the event that
+			// made it is known, to retry and park.
+			batched = false
 		case err == nil:
 			parked := 0
 			if parkAt >= 0 {
@@ -743,7 +752,7 @@ func (r *Runner) project(ctx context.Context, w *worker, from eventstore.Positio
 			from = chunk[len(chunk)-1].Position
 			r.advance(w, from, parked)
 			evs = evs[upto:]
-			attempts, outage, parkAt, parkErr = 0, 0, -1, nil
+			attempts, outage, parkAt, parkErr, batched = 0, 0, -1, nil, true
 		case errors.As(err, &ae) && !transient(ae.err):
 			attempts++
 			ev := chunk[ae.index]
@@ -910,11 +919,9 @@ type feed struct {
 	limit int
 	keep  int // how many recent batches the cache holds
 
-	mu        sync.Mutex
-	cache     []cached // non-empty batches, oldest first
-	flights   map[eventstore.Position]*flight
-	head      eventstore.Position // where the last short read ended
-	headKnown bool
+	mu      sync.Mutex
+	cache   []cached // non-empty batches, oldest first
+	flights map[eventstore.Position]*flight
 }
 
 type cached struct {
@@ -978,33 +985,14 @@ func (f *feed) next(ctx context.Context, pos eventstore.Position) ([]eventstore.
 	}
 }
 
-// read reads once, and waits for the log when that found nothing. At the
-// position where the last short read ended (the head, as far as the feed
-// knows) it waits first: Wait returns at once when there are events after
-// it, and otherwise the read would find nothing.
+// read reads once, and waits for the log when that found nothing. It
+// reads before it waits even where the last read found the head: under
+// load the next events are there by then, and a Wait first would cost a
+// round trip of its own (its probe) before the read.
 func (f *feed) read(ctx context.Context, pos eventstore.Position) ([]eventstore.RecordedEvent, error) {
-	f.mu.Lock()
-	atHead := f.headKnown && f.head == pos
-	f.mu.Unlock()
-	if atHead {
-		if err := f.src.Wait(ctx, pos); err != nil {
-			return nil, fmt.Errorf("wait for the log: %w", err)
-		}
-	}
 	evs, err := f.src.ReadAll(ctx, pos, f.limit)
-	if err != nil {
-		return nil, err
-	}
-	if len(evs) > 0 {
-		if len(evs) < f.limit {
-			f.mu.Lock()
-			f.head, f.headKnown = evs[len(evs)-1].Position, true
-			f.mu.Unlock()
-		}
-		return evs, nil
-	}
-	if atHead {
-		return nil, nil // Wait returned early; the caller asks again
+	if err != nil || len(evs) > 0 {
+		return evs, err
 	}
 	if err := f.src.Wait(ctx, pos); err != nil {
 		return nil, fmt.Errorf("wait for the log: %w", err)
@@ -1191,10 +1179,18 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 		}
 	}()
 	var outage int
+	// Batched: the transaction's statements go as one round trip. When a
+	// write fails there, which part it was is not known; the batch is
+	// applied again unbatched, which says.
+	batched := true
 	for len(parts) > 0 {
 		// Derived rows and their checkpoints: a crash loses them together
 		// and they are applied again.
-		err := r.rm.UpdateAsync(ctx, func(tx *readmodels.Tx) error {
+		update := r.rm.UpdateAsync
+		if !batched {
+			update = r.rm.Update
+		}
+		err := update(ctx, func(tx *readmodels.Tx) error {
 			// The checkpoints first, all in one statement: a part whose
 			// checkpoint moved (another process runs it now) is found
 			// before any row is written, and two processes that apply the
@@ -1229,8 +1225,23 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 		if ctx.Err() != nil {
 			return
 		}
-		var pe *partError
+		var (
+			pe *partError
+			me *readmodels.CheckpointsMovedError
+		)
+		if !errors.As(err, &pe) && errors.As(err, &me) {
+			// Found at the commit of a batch.
+			pe = &partError{err: err}
+			for i, p := range parts {
+				if slices.Contains(me.Names, p.m.w.name) {
+					pe.parts = append(pe.parts, i)
+				}
+			}
+			err = pe
+		}
 		switch {
+		case batched && errors.Is(err, readmodels.ErrBatched) && !transient(err):
+			batched = false
 		case err == nil:
 			g.mu.Lock()
 			for _, p := range parts {

@@ -14,14 +14,24 @@ import (
 )
 
 func TestAdvanceCheckpointRefusesAMovedCheckpoint(t *testing.T) {
-	eachDialect(t, testAdvanceCheckpointRefusesAMovedCheckpoint)
+	eachUpdate(t, testAdvanceCheckpointRefusesAMovedCheckpoint)
 }
 
-func testAdvanceCheckpointRefusesAMovedCheckpoint(t *testing.T, dialect string) {
+// eachUpdate runs test on each dialect with Update and with UpdateAsync.
+func eachUpdate(t *testing.T, test func(t *testing.T, dialect string, update updateFunc)) {
+	eachDialect(t, func(t *testing.T, dialect string) {
+		t.Run("Update", func(t *testing.T) { test(t, dialect, (*readmodels.Store).Update) })
+		t.Run("UpdateAsync", func(t *testing.T) { test(t, dialect, (*readmodels.Store).UpdateAsync) })
+	})
+}
+
+type updateFunc func(*readmodels.Store, context.Context, func(*readmodels.Tx) error) error
+
+func testAdvanceCheckpointRefusesAMovedCheckpoint(t *testing.T, dialect string, update updateFunc) {
 	ctx := context.Background()
 	rm := newStore(t, dialect)
 	advance := func(from, to uint64, withRow bool) error {
-		return rm.Update(ctx, func(tx *readmodels.Tx) error {
+		return update(rm, ctx, func(tx *readmodels.Tx) error {
 			if withRow {
 				if err := tx.InsertAudit(auditRec(to, uuid.New(), "a", "user_created", t0)); err != nil {
 					return err
@@ -51,11 +61,11 @@ func testAdvanceCheckpointRefusesAMovedCheckpoint(t *testing.T, dialect string) 
 // as AdvanceCheckpoint, and names every one that was not where the caller
 // expected it.
 func TestAdvanceCheckpointsNamesEveryMovedOne(t *testing.T) {
-	eachDialect(t, func(t *testing.T, dialect string) {
+	eachUpdate(t, func(t *testing.T, dialect string, update updateFunc) {
 		ctx := context.Background()
 		rm := newStore(t, dialect)
 		advance := func(moves ...readmodels.CheckpointMove) error {
-			return rm.UpdateAsync(ctx, func(tx *readmodels.Tx) error {
+			return update(rm, ctx, func(tx *readmodels.Tx) error {
 				if err := tx.InsertAudit(auditRec(moves[0].To.Commit, uuid.New(), "a", "user_created", t0)); err != nil {
 					return err
 				}

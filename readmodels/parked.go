@@ -44,7 +44,7 @@ func (s *Store) Unpark(ctx context.Context, projection, eventID string) error {
 
 // Unpark removes a parked event in the transaction that handled it again.
 func (tx *Tx) Unpark(projection, eventID string) error {
-	res, err := tx.q.ExecContext(tx.ctx, `DELETE FROM parked_events WHERE projection = $1 AND event_id = $2`, projection, eventID)
+	res, err := tx.execResult(`DELETE FROM parked_events WHERE projection = $1 AND event_id = $2`, projection, eventID)
 	if err != nil {
 		return fmt.Errorf("readmodels: unpark %s of %s: %w", eventID, projection, classify(err))
 	}

@@ -98,7 +98,7 @@ func (sh *Shadow) Name() string { return sh.projection + ShadowSuffix }
 // to the shadow tables. Use it for the projection's rows only: checkpoints
 // and parking belong on tx itself.
 func (sh *Shadow) Tx(tx *Tx) *Tx {
-	return &Tx{ctx: tx.ctx, tx: tx.tx, q: tx.q, now: tx.now, dialect: tx.dialect, shadows: sh.names}
+	return &Tx{ctx: tx.ctx, tx: tx.tx, q: tx.q, now: tx.now, dialect: tx.dialect, shadows: sh.names, batch: tx.batch}
 }
 
 // Bulk returns a Bulk in b's transaction whose reads and writes go to the

@@ -151,14 +151,15 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 // again from the log.
 //
 // On PostgreSQL the transaction runs with synchronous_commit = off, set by
-// its checkpoint statement. On SQLite it runs with synchronous = NORMAL: in
+// its checkpoint statement, and is sent as one batch (see updateBatched):
+// fn must touch the database only through Tx's methods, and a write's
+// failure is reported by UpdateAsync, wrapped in ErrBatched. On SQLite it runs with synchronous = NORMAL: in
 // WAL mode its COMMIT writes the log but does not fsync it; the next
 // commit that does (every append is FULL) makes it durable with its own.
 // The write connection is back at its own level for everything after.
 func (s *Store) UpdateAsync(ctx context.Context, fn func(*Tx) error) error {
 	if s.dialect != DialectSQLite {
-		_, err := s.update(ctx, s.write, true, fn)
-		return err
+		return s.updateBatched(ctx, fn)
 	}
 	conn, err := s.write.Conn(ctx)
 	if err != nil {

@@ -31,6 +31,9 @@ type Tx struct {
 	shadows map[string]string
 	// async: the commit need not wait for the WAL flush (UpdateAsync, PostgreSQL).
 	async bool
+	// batch holds the writes of a batched Tx (UpdateAsync, PostgreSQL) until
+	// they are sent; nil otherwise, and then tx is the transaction.
+	batch *batch
 }
 
 // rel is how a statement names projection table t: t itself, or on a shadow
@@ -46,7 +49,11 @@ func (tx *Tx) rel(t string) string {
 
 // User reads a user row inside the transaction, or ErrNotFound.
 func (tx *Tx) User(id uuid.UUID) (User, error) {
-	return getUser(tx.ctx, tx.q, tx.rel("users"), id)
+	q, err := tx.reader()
+	if err != nil {
+		return User{}, err
+	}
+	return getUser(tx.ctx, q, tx.rel("users"), id)
 }
 
 // PutUser inserts the user or, when the row exists, overwrites it only if
@@ -60,7 +67,7 @@ func (tx *Tx) PutUser(u User) error {
 	if err != nil {
 		return fmt.Errorf("readmodels: user %s roles: %w", u.ID, classify(err))
 	}
-	_, err = tx.q.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("users")+` (`+userColumns+`)
+	err = tx.exec(`INSERT INTO `+tx.rel("users")+` (`+userColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 		ON CONFLICT (id) DO UPDATE SET
 			email = excluded.email, name = excluded.name, roles = excluded.roles,
@@ -80,7 +87,11 @@ func (tx *Tx) PutUser(u User) error {
 
 // Session reads a session row (status as stored) inside the transaction, or ErrNotFound.
 func (tx *Tx) Session(id uuid.UUID) (Session, error) {
-	s, err := scanSession(tx.q.QueryRowContext(tx.ctx, `SELECT `+rawSessionColumns+` FROM `+tx.rel("sessions")+` WHERE id = $1`, id.String()))
+	q, err := tx.reader()
+	if err != nil {
+		return Session{}, err
+	}
+	s, err := scanSession(q.QueryRowContext(tx.ctx, `SELECT `+rawSessionColumns+` FROM `+tx.rel("sessions")+` WHERE id = $1`, id.String()))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Session{}, ErrNotFound
 	}
@@ -93,7 +104,7 @@ func (tx *Tx) Session(id uuid.UUID) (Session, error) {
 // PutSession inserts the session or, when the row exists, overwrites it only
 // if s.Version is newer than the stored one.
 func (tx *Tx) PutSession(s Session) error {
-	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("sessions")+` (`+rawSessionColumns+`)
+	err := tx.exec(`INSERT INTO `+tx.rel("sessions")+` (`+rawSessionColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (id) DO UPDATE SET
 			user_id = excluded.user_id, status = excluded.status,
@@ -112,7 +123,7 @@ func (tx *Tx) PutSession(s Session) error {
 // InsertActivationToken adds a token; an existing hash is left as it is.
 // version is the user stream's version of the event that issued it.
 func (tx *Tx) InsertActivationToken(t ActivationToken, version int64) error {
-	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("activation_tokens")+`
+	err := tx.exec(`INSERT INTO `+tx.rel("activation_tokens")+`
 		(token_hash, user_id, status, requested_by, version, created_at, expires_at, ended_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (token_hash) DO NOTHING`,
@@ -151,7 +162,7 @@ func (tx *Tx) ChangeActivationTokens(c TokenChange) error {
 	if c.From != "" {
 		q += ` AND status = ` + a.add(c.From)
 	}
-	if _, err := tx.q.ExecContext(tx.ctx, q, a...); err != nil {
+	if err := tx.exec(q, a...); err != nil {
 		return fmt.Errorf("readmodels: change activation tokens of %s: %w", c.UserID, classify(err))
 	}
 	return nil
@@ -171,7 +182,7 @@ func (tx *Tx) InsertAudit(r AuditRecord) error {
 	if meta == "" {
 		meta = "{}"
 	}
-	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO `+tx.rel("audit")+` (`+auditColumns+`)
+	err := tx.exec(`INSERT INTO `+tx.rel("audit")+` (`+auditColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 		ON CONFLICT DO NOTHING`,
 		r.EventID.String(), r.EventType, r.AggregateID, r.AggregateType, userID, r.ActorID, r.Action,
@@ -186,14 +197,18 @@ func (tx *Tx) InsertAudit(r AuditRecord) error {
 // Checkpoint returns the stored position of name inside the transaction;
 // the zero Position when it has none.
 func (tx *Tx) Checkpoint(name string) (eventstore.Position, error) {
-	return checkpoint(tx.ctx, tx.q, name)
+	q, err := tx.reader()
+	if err != nil {
+		return eventstore.Position{}, err
+	}
+	return checkpoint(tx.ctx, q, name)
 }
 
 // SetCheckpoint stores name's position, wherever it was. Projections and
 // reactors use AdvanceCheckpoint, which refuses to move a checkpoint another
 // process moved.
 func (tx *Tx) SetCheckpoint(name string, pos eventstore.Position) error {
-	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
+	err := tx.exec(`INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
 		ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at`,
 		name, pos.String(), micros(tx.now()))
 	if err != nil {
@@ -213,6 +228,9 @@ func (tx *Tx) SetCheckpoint(name string, pos eventstore.Position) error {
 // row lock and then sees the moved checkpoint, so of two processes that
 // apply the same events only one commits.
 func (tx *Tx) AdvanceCheckpoint(name string, from, to eventstore.Position) error {
+	if tx.batch != nil {
+		return tx.advanceBatched([]CheckpointMove{{Name: name, From: from, To: to}})
+	}
 	if err := advanceCheckpoint(tx.ctx, tx.q, tx.async, tx.now(), name, from, to); err != nil {
 		return err
 	}
@@ -243,6 +261,9 @@ func (e *CheckpointsMovedError) Is(target error) bool { return target == ErrChec
 // *CheckpointsMovedError naming all of them; the caller must roll back, as
 // after AdvanceCheckpoint. Names must differ.
 func (tx *Tx) AdvanceCheckpoints(moves []CheckpointMove) error {
+	if tx.batch != nil {
+		return tx.advanceBatched(moves)
+	}
 	var (
 		moved []string
 		a     args
@@ -373,7 +394,7 @@ func (tx *Tx) Park(p ParkedEvent) error {
 	if p.ParkedAt.IsZero() {
 		p.ParkedAt = tx.now()
 	}
-	_, err := tx.q.ExecContext(tx.ctx, `INSERT INTO parked_events
+	err := tx.exec(`INSERT INTO parked_events
 		(projection, event_id, position, event_type, error, attempts, parked_at, stream, version)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (projection, event_id) DO UPDATE SET

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"database/sql"
 	"embed"
@@ -51,6 +52,10 @@ const (
 	// events that are committed but not yet safe to hand out, before it
 	// returns without them.
 	holdBackWait = time.Second
+
+	// holdBackPause is the longest pause between two looks at the horizon
+	// while ReadAll waits for it.
+	holdBackPause = 5 * time.Millisecond
 )
 
 //go:embed migrations/*.sql
@@ -122,16 +127,24 @@ var migrations embed.FS
 // share the next. The first Wait starts one listener connection, taken out
 // of the pool, that wakes every waiter; it reconnects with backoff when it
 // drops, and Wait also wakes every fallbackWake. Waiters in the appending
-// process are woken at commit, without the round trip.
+// process are woken at commit, without the round trip; its listener skips
+// the notifications it sent itself (their payload names the Store), which
+// would only wake them again for nothing.
 type Store struct {
 	pool    *pgxpool.Pool
 	channel string // the NOTIFY channel of this schema's log
+	// sender is the payload of this Store's notifications: its listener
+	// skips them, as its commits woke its readers already.
+	sender string
 
 	// Test hooks, set before the Store is used. beforeCommit runs inside
 	// every append transaction just before COMMIT; naive makes ReadAll
 	// read "seq > after" the way a skipping reader would.
 	beforeCommit func(ctx context.Context)
 	naive        bool
+	// maxHoldPause is the longest pause between awaitHorizon's looks at the
+	// horizon (holdBackPause; tests lengthen it).
+	maxHoldPause time.Duration
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every wake-up
@@ -156,6 +169,7 @@ type Store struct {
 	fallbacks    atomic.Int64 // groups whose statement failed as a whole
 	setGroups    atomic.Int64 // groups appendSet wrote
 	declined     atomic.Int64 // groups appendSet declined, sent again through evident_append
+	wakes        atomic.Int64 // wake-ups of the readers, for tests
 }
 
 var _ eventstore.Store = (*Store)(nil)
@@ -184,7 +198,7 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 	}
 	gctx, cancel := context.WithCancel(context.Background())
 	return &Store{
-		pool: pool, channel: channelName(schema), changed: make(chan struct{}),
+		pool: pool, channel: channelName(schema), sender: rand.Text(), changed: make(chan struct{}), maxHoldPause: holdBackPause,
 		groupCtx: gctx, groupCancel: cancel,
 		notify: make(chan struct{}, 1), notifierDone: make(chan struct{}),
 	}, nil
@@ -556,10 +570,13 @@ func (s *Store) readBelow(ctx context.Context, after eventstore.Position, limit 
 // awaitHorizon polls, with backoff, until the horizon has passed transaction
 // held or holdBackWait has gone by. The transactions that hold the horizon
 // are appends: one statement each, a few milliseconds from their commit.
+// An append of this process that commits ends the pause at once: it is
+// most often the one holding the horizon.
 func (s *Store) awaitHorizon(ctx context.Context, held uint64) error {
 	deadline := time.Now().Add(holdBackWait)
 	pause := 500 * time.Microsecond
 	for {
+		changed := s.subscribe() // before the horizon is read: no commit falls between
 		var h int64
 		if err := s.pool.QueryRow(ctx, horizon).Scan(&h); err != nil {
 			return wrap(ctx, "read horizon", err)
@@ -570,11 +587,13 @@ func (s *Store) awaitHorizon(ctx context.Context, held uint64) error {
 		t := time.NewTimer(pause)
 		select {
 		case <-t.C:
+		case <-changed:
+			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
 		}
-		pause = min(2*pause, 5*time.Millisecond)
+		pause = min(2*pause, s.maxHoldPause)
 	}
 }
 
@@ -682,6 +701,7 @@ func (s *Store) subscribe() <-chan struct{} {
 
 // wake wakes every Wait in progress.
 func (s *Store) wake() {
+	s.wakes.Add(1)
 	s.mu.Lock()
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -732,9 +752,12 @@ func (s *Store) listenOnce(ctx context.Context, connected func()) {
 	// Appends that committed before LISTEN took effect sent no wake-up.
 	s.wake()
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return
 		}
-		s.wake()
+		if n.Payload != s.sender {
+			s.wake()
+		}
 	}
 }
