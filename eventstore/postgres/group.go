@@ -20,17 +20,16 @@ import (
 // statement: one round trip, one transaction and one WAL flush for the whole
 // group.
 //
-// The statement is appendSet when the group has minSetCalls appends or more
-// and names no stream twice (the usual case): it checks and writes every
-// stream row and every event set-based, with no subtransaction. If any
-// check fails (a wrong expected version) or any row is refused (an event id
-// already in the log), the statement ends with nothing written and the group
-// is sent again as one call of the evident_append function
-// (migrations/00002), which runs each append in its own subtransaction, so
-// that a wrong expected version or a reused event id fails that append
-// alone. A group that names a stream twice goes to evident_append directly
-// (there, a later append sees the version an earlier one leaves), and so
-// does a group of one.
+// The statement is appendSet (set.go) when the group names no stream twice
+// (the usual case): one plain INSERT of every event, set-based, with no
+// subtransaction. If any check fails (a wrong expected version) or any row
+// is refused (an event id already in the log), the statement ends with
+// nothing written and the group is sent again as one call of the
+// evident_append function (migrations/00004), which runs each append in its
+// own subtransaction, so that a wrong expected version or a reused event id
+// fails that append alone. A group that names a stream twice goes to
+// evident_append directly (there, a later append sees the version an
+// earlier one leaves).
 //
 // Up to maxCommitters groups are in flight at once, each on its own pooled
 // connection, so that one group's flush overlaps the next group's work (the
@@ -45,10 +44,6 @@ const (
 	maxCommitters = 4
 	maxGroupCalls = 32 // each call is a subtransaction; PostgreSQL caches 64 per transaction
 	maxGroupBytes = 4 << 20
-	// minSetCalls is the smallest group written set-based. A group of one
-	// is cheaper through evident_append: the set-based statement's larger
-	// plan costs more to start than one subtransaction does.
-	minSetCalls = 2
 )
 
 // call is one Append waiting for its group.
@@ -288,18 +283,16 @@ const appendGroup = `SELECT status, detail, tx, seq, starts FROM evident_append(
 // evident_append. The error is for the group as a whole; per-call outcomes
 // are in results.
 func (s *Store) writeGroup(ctx context.Context, group []*call) ([]callResult, error) {
-	if len(group) >= minSetCalls {
-		if a := buildSetArgs(group); a != nil {
-			out, err := s.writeSet(ctx, group, a)
-			if err == nil {
-				s.setGroups.Add(1)
-				return out, nil
-			}
-			if !declined(ctx, err) {
-				return nil, wrap(ctx, "append", err)
-			}
-			s.declined.Add(1)
+	if a := buildSetArgs(group); a != nil {
+		out, err := s.writeSet(ctx, group, a)
+		if err == nil {
+			s.setGroups.Add(1)
+			return out, nil
 		}
+		if !declined(ctx, err) {
+			return nil, wrap(ctx, "append", err)
+		}
+		s.declined.Add(1)
 	}
 	return s.writeCalls(ctx, group)
 }
