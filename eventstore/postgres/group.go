@@ -44,6 +44,8 @@ const (
 	maxCommitters = 4
 	maxGroupCalls = 32 // each call is a subtransaction; PostgreSQL caches 64 per transaction
 	maxGroupBytes = 4 << 20
+	// notifyEvery is the shortest time between two NOTIFYs (see notifier).
+	notifyEvery = 2 * time.Millisecond
 )
 
 // call is one Append waiting for its group.
@@ -179,25 +181,31 @@ func (s *Store) committed() {
 // it inside the append's transaction would be simpler, but PostgreSQL holds
 // a cluster-wide lock from a notifying transaction's pre-commit until its
 // commit is flushed, which would serialise every append. Out here one
-// NOTIFY covers every commit that happened while the previous one was being
-// sent. If the process dies between a commit and its NOTIFY, other readers
-// find the events at their fallbackWake.
+// NOTIFY covers every commit made since the previous one was sent. If the
+// process dies between a commit and its NOTIFY, other readers find the
+// events at their fallbackWake.
 //
-// A NOTIFY is a transaction with an id of its own, so its commit would wait
-// for a WAL flush like an append's. It carries no data, so it does not wait
-// (synchronous_commit off for that one statement's transaction): the
-// notification is delivered at commit either way.
+// A NOTIFY is a transaction of its own, a round trip and about as much
+// server work as an append's, so NOTIFYs are sent at most once per
+// notifyEvery: the first commit after a quiet spell is announced at once,
+// commits that follow within notifyEvery wait for the next one. At a few
+// thousand appends a second that bounds its cost to a small share of an
+// append's, and it keeps readers in other processes at most notifyEvery
+// later than they would otherwise be. A NOTIFY carries no data, so it does
+// not wait for a WAL flush (synchronous_commit off for that one statement's
+// transaction): the notification is delivered at commit either way.
 func (s *Store) notifier() {
 	defer close(s.notifierDone)
 	send := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_, _ = s.pool.Exec(ctx, `SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')`, s.channel) // best effort, see above
+		s.notifies.Add(1)
 	}
+	var last time.Time
 	for {
 		select {
 		case <-s.notify:
-			send()
 		case <-s.groupCtx.Done():
 			select {
 			case <-s.notify: // the last commits' notification
@@ -206,6 +214,20 @@ func (s *Store) notifier() {
 			}
 			return
 		}
+		if wait := notifyEvery - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-s.groupCtx.Done(): // Close sends it without waiting
+				t.Stop()
+			}
+		}
+		select {
+		case <-s.notify: // commits made while waiting: this NOTIFY covers them
+		default:
+		}
+		last = time.Now()
+		send()
 	}
 }
 

@@ -432,3 +432,26 @@ func TestAppendAfterCloseIsUnavailable(t *testing.T) {
 	_, err := s.Append(t.Context(), one("late", eventstore.NoStream))
 	require.ErrorIs(t, err, eventstore.ErrUnavailable)
 }
+
+// A stream of commits is announced by at most one NOTIFY per notifyEvery,
+// not one per commit: each NOTIFY is a transaction of its own.
+func TestNotifiesArePaced(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	_, err := s.Append(t.Context(), one("paced", eventstore.NoStream)) // starts the notifier
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return s.notifies.Load() == 1 }, time.Second, time.Millisecond)
+
+	// A commit every 50 µs or so for 50 ms.
+	start := time.Now()
+	for time.Since(start) < 50*time.Millisecond {
+		s.committed()
+		time.Sleep(50 * time.Microsecond)
+	}
+	elapsed := time.Since(start)
+	time.Sleep(2 * notifyEvery) // the last commits' NOTIFY
+	sent := s.notifies.Load() - 1
+	t.Logf("commits for %s: %d NOTIFYs", elapsed, sent)
+	assert.LessOrEqual(t, sent, int64(elapsed/notifyEvery)+2)
+	assert.Positive(t, sent, "the commits were announced")
+}

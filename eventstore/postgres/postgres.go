@@ -119,8 +119,8 @@ var migrations embed.FS
 // # Waking readers
 //
 // After each commit a notifier sends pg_notify on a channel named after the
-// schema, on a pooled connection; commits made while one is being sent
-// share the next. The first Wait starts one listener connection, taken out
+// schema, on a pooled connection, at most one every notifyEvery; the
+// commits made in between share the next. The first Wait starts one listener connection, taken out
 // of the pool, that wakes every waiter; it reconnects with backoff when it
 // drops, and Wait also wakes every fallbackWake. Waiters in the appending
 // process are woken at commit, without the round trip.
@@ -157,6 +157,7 @@ type Store struct {
 	fallbacks    atomic.Int64 // groups whose statement failed as a whole
 	setGroups    atomic.Int64 // groups appendSet wrote
 	declined     atomic.Int64 // groups appendSet declined, sent again through evident_append
+	notifies     atomic.Int64 // NOTIFYs sent, for tests
 }
 
 var _ eventstore.Store = (*Store)(nil)
