@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"evident/eventstore"
 )
@@ -56,7 +56,7 @@ RETURNING e.tx::text::bigint, e.seq, e.version`
 type setArgs struct {
 	stream           []string
 	expected, offset []int64
-	id               []uuid.UUID
+	id               pgtype.FlatArray[pgtype.UUID] // not []uuid.UUID, which pgx encodes through its text
 	typ              []string
 	data, meta       [][]byte
 }
@@ -77,7 +77,7 @@ func buildSetArgs(group []*call) *setArgs {
 	}
 	a := &setArgs{
 		stream: make([]string, 0, n), expected: make([]int64, 0, n), offset: make([]int64, 0, n),
-		id: make([]uuid.UUID, 0, n), typ: make([]string, 0, n), data: make([][]byte, 0, n), meta: make([][]byte, 0, n),
+		id: make(pgtype.FlatArray[pgtype.UUID], 0, n), typ: make([]string, 0, n), data: make([][]byte, 0, n), meta: make([][]byte, 0, n),
 	}
 	for _, c := range group {
 		for _, r := range c.reqs {
@@ -85,7 +85,7 @@ func buildSetArgs(group []*call) *setArgs {
 				a.stream = append(a.stream, r.Stream)
 				a.expected = append(a.expected, r.Expected)
 				a.offset = append(a.offset, int64(i)+1)
-				a.id = append(a.id, e.ID)
+				a.id = append(a.id, pgtype.UUID{Bytes: e.ID, Valid: true})
 				a.typ = append(a.typ, e.Type)
 				a.data = append(a.data, bytesOf(e.Data))
 				a.meta = append(a.meta, bytesOf(e.Metadata))
