@@ -455,3 +455,34 @@ func TestNotifiesArePaced(t *testing.T) {
 	assert.LessOrEqual(t, sent, int64(elapsed/notifyEvery)+2)
 	assert.Positive(t, sent, "the commits were announced")
 }
+
+// Groups naming thousands of streams take no advisory locks: each would
+// take a slot of the server's shared lock table (64 per connection by
+// default), and twice MaxAppendEvents of them would exhaust it. Both the
+// set-based statement and evident_append write such groups.
+func TestGroupsOfManyStreamsFitTheLockTable(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	ctx := t.Context()
+	many := func(prefix string, n int) []eventstore.AppendRequest {
+		reqs := make([]eventstore.AppendRequest, n)
+		for i := range reqs {
+			reqs[i] = one(fmt.Sprintf("%s-%d", prefix, i), eventstore.NoStream)
+		}
+		return reqs
+	}
+	for name, second := range map[string][]eventstore.AppendRequest{
+		"set-based":      many("set-b", MaxAppendEvents),
+		"evident_append": append(many("fn-b", MaxAppendEvents-1), one("fn-a-0", eventstore.Any)), // names a stream twice
+	} {
+		prefix := map[string]string{"set-based": "set-a", "evident_append": "fn-a"}[name]
+		calls := []*call{newCall(ctx, many(prefix, MaxAppendEvents)...), newCall(ctx, second...)}
+		s.runGroup(calls)
+		for i, c := range calls {
+			require.NoError(t, (<-c.reply).err, "%s: call %d", name, i)
+		}
+	}
+	n, err := s.Count(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, int64(4*MaxAppendEvents), n)
+}

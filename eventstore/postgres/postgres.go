@@ -105,7 +105,8 @@ var migrations embed.FS
 // set.go and migrations/00004). A refused row is eventstore.ErrWrongVersion.
 // Every append first takes a transaction-level advisory lock per stream, in
 // key order, so that writers of one stream queue there, in one order, and
-// no two appends deadlock on each other's index entries.
+// no two appends deadlock on each other's index entries (up to
+// maxLockedStreams streams per statement, see set.go).
 //
 // # One statement per group of appends
 //

@@ -29,10 +29,11 @@ import (
 // writeGroup sends the group through evident_append, which fails the
 // appends at fault alone.
 //
-// The one-time filter takes every stream's advisory lock, in key order,
-// before any row is produced: writers of a stream queue there rather than
-// on each other's index entries, which, taken in two groups' different
-// orders, could deadlock.
+// The one-time filter takes the advisory lock of every stream in $8, in
+// key order, before any row is produced: writers of a stream queue there
+// rather than on each other's index entries, which, taken in two groups'
+// different orders, could deadlock. $8 names the group's streams, or none
+// when they are more than maxLockedStreams (see there).
 //
 // Each array is read through a sub-select, so that the planner cannot see
 // its length: the plan it makes for the first calls then costs what the
@@ -48,12 +49,24 @@ FROM unnest((SELECT $1::text[]), (SELECT $2::bigint[]), (SELECT $3::bigint[]), (
 		(SELECT $5::text[]), (SELECT $6::bytea[]), (SELECT $7::bytea[]))
 	WITH ORDINALITY AS ev(stream, expected, off, id, type, data, meta, i)
 WHERE (SELECT count(pg_advisory_xact_lock(l.k))
-	FROM (SELECT DISTINCT hashtextextended(n, 1) AS k FROM unnest((SELECT $1::text[])) AS n ORDER BY 1) AS l) > 0
+	FROM (SELECT DISTINCT hashtextextended(n, 1) AS k FROM unnest((SELECT $8::text[])) AS n ORDER BY 1) AS l) >= 0
 ORDER BY ev.i
 RETURNING e.tx::text::bigint, e.seq, e.version`
 
-// setArgs is the appendSet argument list for a group: one entry per event.
+// maxLockedStreams is the most streams whose advisory locks one append
+// statement takes. Unlike row locks, each takes a slot in the server's
+// shared lock table, which holds max_locks_per_transaction (64 by default)
+// per connection: a bulk append naming thousands of streams would exhaust
+// it. Larger groups take none; should one meet another writer of the same
+// streams in the opposite order, the server's deadlock detector ends one
+// of them after deadlock_timeout, and it is sent again (see runGroup).
+// evident_append (migrations/00004) uses the same bound.
+const maxLockedStreams = 64
+
+// setArgs is the appendSet argument list for a group: one entry per event,
+// and the streams to lock.
 type setArgs struct {
+	locks            []string
 	stream           []string
 	expected, offset []int64
 	id               pgtype.FlatArray[pgtype.UUID] // not []uuid.UUID, which pgx encodes through its text
@@ -76,6 +89,7 @@ func buildSetArgs(group []*call) *setArgs {
 		return nil
 	}
 	a := &setArgs{
+		locks:  []string{},
 		stream: make([]string, 0, n), expected: make([]int64, 0, n), offset: make([]int64, 0, n),
 		id: make(pgtype.FlatArray[pgtype.UUID], 0, n), typ: make([]string, 0, n), data: make([][]byte, 0, n), meta: make([][]byte, 0, n),
 	}
@@ -91,6 +105,9 @@ func buildSetArgs(group []*call) *setArgs {
 				a.meta = append(a.meta, bytesOf(e.Metadata))
 			}
 		}
+	}
+	if len(names) <= maxLockedStreams {
+		a.locks = names
 	}
 	return a
 }
@@ -125,7 +142,7 @@ func (s *Store) writeSet(ctx context.Context, group []*call, a *setArgs) ([]call
 	versions := make([]int64, 0, len(a.id))
 	var txid int64
 	err := s.inTx(ctx, func(q querier) error {
-		rows, err := q.Query(ctx, appendSet, a.stream, a.expected, a.offset, a.id, a.typ, a.data, a.meta)
+		rows, err := q.Query(ctx, appendSet, a.stream, a.expected, a.offset, a.id, a.typ, a.data, a.meta, a.locks)
 		if err != nil {
 			return err
 		}

@@ -12,7 +12,10 @@
 --   * Every append takes a transaction-level advisory lock per stream it
 --     names, keyed hashtextextended(stream, 1), all of them in key order
 --     before it writes, so that writers of one stream queue on the lock in
---     one order and never deadlock on each other's index entries.
+--     one order and never deadlock on each other's index entries. (Not
+--     past 64 streams in one statement: each lock takes a slot of the
+--     server's shared lock table. Such bulk appends rely on the deadlock
+--     detector, see maxLockedStreams in set.go.)
 --   * Readers recognise an append by the ROW EXCLUSIVE lock it holds on the
 --     events table, taken before its transaction has an id (see horizon in
 --     postgres.go); nothing else in this package writes that table.
@@ -56,8 +59,12 @@ BEGIN
     LOCK TABLE events IN ROW EXCLUSIVE MODE;
     -- Every stream of the group, in key order, before anything is read:
     -- each statement below then reads every version committed before it.
-    PERFORM pg_advisory_xact_lock(l.k)
-    FROM (SELECT DISTINCT hashtextextended(n, 1) AS k FROM unnest(g_stream) AS n ORDER BY 1) AS l;
+    -- Not past 64 streams, as appendSet (maxLockedStreams in set.go): each
+    -- lock takes a slot of the server's shared lock table.
+    IF cardinality(g_stream) <= 64 THEN
+        PERFORM pg_advisory_xact_lock(l.k)
+        FROM (SELECT DISTINCT hashtextextended(n, 1) AS k FROM unnest(g_stream) AS n ORDER BY 1) AS l;
+    END IF;
 
     FOR c IN 1 .. coalesce(array_length(c_guard, 1), 0) LOOP
         status := 0; detail := NULL; tx := NULL; seq := NULL; starts := NULL;
