@@ -22,7 +22,9 @@ import (
 //
 // The statement is appendSet (set.go) when the group names no stream twice
 // (the usual case): one plain INSERT of every event, set-based, with no
-// subtransaction. If any check fails (a wrong expected version) or any row
+// subtransaction. (When every append is of one event and expects no stream
+// or an exact version, appendEach, which writes the rows whose check
+// passes and answers the others ErrWrongVersion itself.) If any check fails (a wrong expected version) or any row
 // is refused (an event id already in the log), the statement ends with
 // nothing written and the group is sent again as one call of the
 // evident_append function (migrations/00004), which runs each append in its
@@ -306,7 +308,11 @@ const appendGroup = `SELECT status, detail, tx, seq, starts FROM evident_append(
 // are in results.
 func (s *Store) writeGroup(ctx context.Context, group []*call) ([]callResult, error) {
 	if a := buildSetArgs(group); a != nil {
-		out, err := s.writeSet(ctx, group, a)
+		write := s.writeSet
+		if eachOK(group) {
+			write = s.writeEach
+		}
+		out, err := write(ctx, group, a)
 		if err == nil {
 			s.setGroups.Add(1)
 			return out, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -150,7 +151,9 @@ func TestSetGroupWritesEveryKindOfAppend(t *testing.T) {
 
 // When a check of the set-based statement fails, nothing of it is written
 // and the group is sent again call by call: each append at fault fails
-// alone, with the reason it has, and the others are written.
+// alone, with the reason it has, and the others are written. A group of
+// one-event appends (appendEach) answers a wrong version itself, without
+// declining: only a reused id sends it through evident_append.
 func TestSetGroupDeclinesAndFailsEachAppendAlone(t *testing.T) {
 	t.Parallel()
 	s, first, earlier := withRetried(t, one("taken", eventstore.NoStream), one("moved", eventstore.NoStream, event(), event()))
@@ -167,24 +170,38 @@ func TestSetGroupDeclinesAndFailsEachAppendAlone(t *testing.T) {
 		{"exact, but it moved on", one("moved", 0), "expected version 0, the stream is at 1", eventstore.ErrWrongVersion},
 		{"an id in the log", one("elsewhere", eventstore.Any, first), "", errIDTaken},
 	} {
-		t.Run(bad.name, func(t *testing.T) {
-			declined := s.declined.Load()
-			good := "fresh-" + uuid.NewString()
-			calls := []*call{newCall(ctx, one(good, eventstore.NoStream)), newCall(ctx, bad.req)}
-			require.NotNil(t, buildSetArgs(calls))
-			s.runGroup(calls)
-			ok, failed := <-calls[0].reply, <-calls[1].reply
-			assert.Equal(t, declined+1, s.declined.Load(), "the set-based statement declined")
-			require.NoError(t, ok.err)
-			assert.Equal(t, []int64{0}, ok.res.Versions)
-			require.ErrorIs(t, failed.err, bad.want)
-			assert.Contains(t, failed.err.Error(), bad.match)
-			evs, err := s.ReadStream(ctx, bad.req.Stream, 0)
-			require.NoError(t, err)
-			for _, e := range evs {
-				assert.NotEqual(t, bad.req.Events[0].ID, e.ID, "nothing of the failed append is written")
-			}
-		})
+		for _, events := range []int{1, 2} {
+			t.Run(fmt.Sprintf("%s, %d events", bad.name, events), func(t *testing.T) {
+				req := bad.req
+				if events == 2 {
+					req.Events = append(slices.Clone(req.Events), event())
+				}
+				declined := s.declined.Load()
+				good := "fresh-" + uuid.NewString()
+				calls := []*call{newCall(ctx, one(good, eventstore.NoStream)), newCall(ctx, req)}
+				require.NotNil(t, buildSetArgs(calls))
+				each := eachOK(calls)
+				assert.Equal(t, events == 1 && req.Expected != eventstore.Any, each, "written by appendEach")
+				s.runGroup(calls)
+				ok, failed := <-calls[0].reply, <-calls[1].reply
+				if each && bad.want != errIDTaken {
+					assert.Equal(t, declined, s.declined.Load(), "appendEach answered the wrong version itself")
+				} else {
+					assert.Equal(t, declined+1, s.declined.Load(), "the set-based statement declined")
+				}
+				require.NoError(t, ok.err)
+				assert.Equal(t, []int64{0}, ok.res.Versions)
+				require.ErrorIs(t, failed.err, bad.want)
+				assert.Contains(t, failed.err.Error(), bad.match)
+				evs, err := s.ReadStream(ctx, req.Stream, 0)
+				require.NoError(t, err)
+				for _, e := range evs {
+					for _, mine := range req.Events {
+						assert.NotEqual(t, mine.ID, e.ID, "nothing of the failed append is written")
+					}
+				}
+			})
+		}
 	}
 
 	// Through Append, the reused id is still recognised as a retry.

@@ -193,3 +193,124 @@ func declined(ctx context.Context, err error) bool {
 	_, ok := errors.AsType[*pgconn.PgError](err)
 	return ok
 }
+
+// appendEach writes a group of appends of one event each, none expecting
+// "any", in which no stream is named twice: the common group. It is
+// appendSet with each row checked on its own: a row whose check fails is
+// not written (WHERE and ON CONFLICT DO NOTHING) and the others are. As
+// each append is one row, each is still all or nothing, and a wrong
+// expected version costs no second statement through evident_append. An
+// event id already in the log still ends the statement (its index is not
+// the arbiter), and writeGroup sends the group through evident_append.
+// "Any" is left to appendSet: there a refused row means a newer version
+// than the snapshot showed, not a wrong one.
+const appendEach = `INSERT INTO events AS e (event_id, stream, version, type, data, metadata)
+SELECT ev.id, ev.stream, ev.version, ev.type, ev.data, ev.meta
+FROM (SELECT ev.id, ev.stream, ev.type, ev.data, ev.meta, ev.i,
+		CASE WHEN ev.expected = -1 THEN 0
+			ELSE (SELECT x.version FROM events AS x WHERE x.stream = ev.stream AND x.version = ev.expected) + 1 END AS version
+	FROM unnest((SELECT $1::text[]), (SELECT $2::bigint[]), (SELECT $3::uuid[]),
+			(SELECT $4::text[]), (SELECT $5::bytea[]), (SELECT $6::bytea[]))
+		WITH ORDINALITY AS ev(stream, expected, id, type, data, meta, i)
+	WHERE (SELECT count(pg_advisory_xact_lock(l.k))
+		FROM (SELECT DISTINCT hashtextextended(n, 1) AS k FROM unnest((SELECT $7::text[])) AS n ORDER BY 1) AS l) >= 0
+	) AS ev
+WHERE ev.version IS NOT NULL
+ORDER BY ev.i
+ON CONFLICT (stream, version) DO NOTHING
+RETURNING e.tx::text::bigint, e.seq, e.event_id`
+
+// eachOK reports whether appendEach can write group (see there).
+func eachOK(group []*call) bool {
+	for _, c := range group {
+		if len(c.reqs) != 1 || len(c.reqs[0].Events) != 1 || c.reqs[0].Expected == eventstore.Any {
+			return false
+		}
+	}
+	return true
+}
+
+// writeEach runs appendEach for group, a's arguments. The appends whose
+// row was not written fail with ErrWrongVersion, saying where their stream
+// is as of one more read.
+func (s *Store) writeEach(ctx context.Context, group []*call, a *setArgs) ([]callResult, error) {
+	type written struct{ tx, seq int64 }
+	got := make(map[[16]byte]written, len(group))
+	err := s.inTx(ctx, func(q querier) error {
+		rows, err := q.Query(ctx, appendEach, a.stream, a.expected, a.id, a.typ, a.data, a.meta, a.locks)
+		if err != nil {
+			return err
+		}
+		var (
+			w  written
+			id pgtype.UUID
+		)
+		_, err = pgx.ForEachRow(rows, []any{&w.tx, &w.seq, &id}, func() error {
+			got[id.Bytes] = w
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]callResult, len(group))
+	var missed []string
+	for i, c := range group {
+		r := c.reqs[0]
+		w, ok := got[r.Events[0].ID]
+		if !ok {
+			missed = append(missed, r.Stream)
+			continue
+		}
+		out[i] = callResult{res: eventstore.AppendResult{
+			Position: eventstore.Position{Commit: uint64(w.tx), Prepare: uint64(w.seq)},
+			Versions: []int64{max(r.Expected, -1) + 1},
+		}}
+	}
+	if len(missed) == 0 {
+		return out, nil
+	}
+	at, err := s.versions(ctx, missed)
+	if err != nil {
+		at = nil // the appends failed all the same; the message says less
+	}
+	for i, c := range group {
+		r := c.reqs[0]
+		if _, ok := got[r.Events[0].ID]; ok {
+			continue
+		}
+		var why string
+		v, known := at[r.Stream]
+		switch {
+		case r.Expected == eventstore.NoStream:
+			why = "expected no stream, the stream exists"
+		case at == nil:
+			why = fmt.Sprintf("expected version %d, the stream is elsewhere", r.Expected)
+		case !known:
+			why = fmt.Sprintf("expected version %d, the stream is at no stream", r.Expected)
+		default:
+			why = fmt.Sprintf("expected version %d, the stream is at %d", r.Expected, v)
+		}
+		out[i] = callResult{err: fmt.Errorf("postgres eventstore: append to %q: %s: %w", r.Stream, why, eventstore.ErrWrongVersion)}
+	}
+	return out, nil
+}
+
+// versions returns the latest version of each of streams that exists.
+func (s *Store) versions(ctx context.Context, streams []string) (map[string]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT stream, max(version) FROM events WHERE stream = ANY($1) GROUP BY stream`, streams)
+	if err != nil {
+		return nil, err
+	}
+	at := make(map[string]int64, len(streams))
+	var (
+		stream string
+		v      int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&stream, &v}, func() error {
+		at[stream] = v
+		return nil
+	})
+	return at, err
+}
