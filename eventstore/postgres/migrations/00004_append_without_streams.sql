@@ -20,9 +20,9 @@
 --     events table, taken before its transaction has an id (see horizon in
 --     postgres.go); nothing else in this package writes that table.
 --
--- The set-based statement is now sent by Go as one plain INSERT (appendSet
--- in set.go), and evident_append, which takes every group that statement
--- declines, checks versions against the log under the streams' locks.
+-- The set-based statements are now sent by Go as plain INSERTs (appendSet
+-- and appendEach in set.go), and evident_append, which takes every group
+-- they decline, checks versions against the log under the streams' locks.
 -- Processes still running the code before this migration must be stopped:
 -- their statements name the streams table and fail, rather than append
 -- without the check the others rely on.
