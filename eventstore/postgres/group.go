@@ -20,17 +20,18 @@ import (
 // statement: one round trip, one transaction and one WAL flush for the whole
 // group.
 //
-// The statement is appendSet when the group has minSetCalls appends or more
-// and names no stream twice (the usual case): it checks and writes every
-// stream row and every event set-based, with no subtransaction. If any
-// check fails (a wrong expected version) or any row is refused (an event id
-// already in the log), the statement ends with nothing written and the group
-// is sent again as one call of the evident_append function
-// (migrations/00002), which runs each append in its own subtransaction, so
-// that a wrong expected version or a reused event id fails that append
-// alone. A group that names a stream twice goes to evident_append directly
-// (there, a later append sees the version an earlier one leaves), and so
-// does a group of one.
+// The statement is appendSet (set.go) when the group names no stream twice
+// (the usual case): one plain INSERT of every event, set-based, with no
+// subtransaction. (When every append is of one event and expects no stream
+// or an exact version, appendEach, which writes the rows whose check
+// passes and answers the others ErrWrongVersion itself.) If any check fails (a wrong expected version) or any row
+// is refused (an event id already in the log), the statement ends with
+// nothing written and the group is sent again as one call of the
+// evident_append function (migrations/00004), which runs each append in its
+// own subtransaction, so that a wrong expected version or a reused event id
+// fails that append alone. A group that names a stream twice goes to
+// evident_append directly (there, a later append sees the version an
+// earlier one leaves).
 //
 // Up to maxCommitters groups are in flight at once, each on its own pooled
 // connection, so that one group's flush overlaps the next group's work (the
@@ -45,10 +46,8 @@ const (
 	maxCommitters = 4
 	maxGroupCalls = 32 // each call is a subtransaction; PostgreSQL caches 64 per transaction
 	maxGroupBytes = 4 << 20
-	// minSetCalls is the smallest group written set-based. A group of one
-	// is cheaper through evident_append: the set-based statement's larger
-	// plan costs more to start than one subtransaction does.
-	minSetCalls = 2
+	// notifyEvery is the shortest time between two NOTIFYs (see notifier).
+	notifyEvery = 2 * time.Millisecond
 )
 
 // call is one Append waiting for its group.
@@ -184,25 +183,31 @@ func (s *Store) committed() {
 // it inside the append's transaction would be simpler, but PostgreSQL holds
 // a cluster-wide lock from a notifying transaction's pre-commit until its
 // commit is flushed, which would serialise every append. Out here one
-// NOTIFY covers every commit that happened while the previous one was being
-// sent. If the process dies between a commit and its NOTIFY, other readers
-// find the events at their fallbackWake.
+// NOTIFY covers every commit made since the previous one was sent. If the
+// process dies between a commit and its NOTIFY, other readers find the
+// events at their fallbackWake.
 //
-// A NOTIFY is a transaction with an id of its own, so its commit would wait
-// for a WAL flush like an append's. It carries no data, so it does not wait
-// (synchronous_commit off for that one statement's transaction): the
-// notification is delivered at commit either way.
+// A NOTIFY is a transaction of its own, a round trip and about as much
+// server work as an append's, so NOTIFYs are sent at most once per
+// notifyEvery: the first commit after a quiet spell is announced at once,
+// commits that follow within notifyEvery wait for the next one. At a few
+// thousand appends a second that bounds its cost to a small share of an
+// append's, and it keeps readers in other processes at most notifyEvery
+// later than they would otherwise be. A NOTIFY carries no data, so it does
+// not wait for a WAL flush (synchronous_commit off for that one statement's
+// transaction): the notification is delivered at commit either way.
 func (s *Store) notifier() {
 	defer close(s.notifierDone)
 	send := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_, _ = s.pool.Exec(ctx, `SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)`, s.channel, s.sender) // best effort, see above
+		s.notifies.Add(1)
 	}
+	var last time.Time
 	for {
 		select {
 		case <-s.notify:
-			send()
 		case <-s.groupCtx.Done():
 			select {
 			case <-s.notify: // the last commits' notification
@@ -211,6 +216,20 @@ func (s *Store) notifier() {
 			}
 			return
 		}
+		if wait := notifyEvery - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-s.groupCtx.Done(): // Close sends it without waiting
+				t.Stop()
+			}
+		}
+		select {
+		case <-s.notify: // commits made while waiting: this NOTIFY covers them
+		default:
+		}
+		last = time.Now()
+		send()
 	}
 }
 
@@ -288,18 +307,20 @@ const appendGroup = `SELECT status, detail, tx, seq, starts FROM evident_append(
 // evident_append. The error is for the group as a whole; per-call outcomes
 // are in results.
 func (s *Store) writeGroup(ctx context.Context, group []*call) ([]callResult, error) {
-	if len(group) >= minSetCalls {
-		if a := buildSetArgs(group); a != nil {
-			out, err := s.writeSet(ctx, group, a)
-			if err == nil {
-				s.setGroups.Add(1)
-				return out, nil
-			}
-			if !declined(ctx, err) {
-				return nil, wrap(ctx, "append", err)
-			}
-			s.declined.Add(1)
+	if a := buildSetArgs(group); a != nil {
+		write := s.writeSet
+		if eachOK(group) {
+			write = s.writeEach
 		}
+		out, err := write(ctx, group, a)
+		if err == nil {
+			s.setGroups.Add(1)
+			return out, nil
+		}
+		if !declined(ctx, err) {
+			return nil, wrap(ctx, "append", err)
+		}
+		s.declined.Add(1)
 	}
 	return s.writeCalls(ctx, group)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -108,7 +109,7 @@ func TestSetGroupWritesEveryKindOfAppend(t *testing.T) {
 	s := internalStore(t, 4)
 	ctx := t.Context()
 	seed(t, s, one("exact", eventstore.NoStream), one("any-old", eventstore.NoStream))
-	declined := s.declined.Load()
+	declined, setGroups := s.declined.Load(), s.setGroups.Load()
 
 	pair := []eventstore.EventData{event(), event()}
 	calls := []*call{
@@ -124,7 +125,7 @@ func TestSetGroupWritesEveryKindOfAppend(t *testing.T) {
 		require.NoError(t, got[i].err, "call %d", i)
 	}
 	assert.Equal(t, declined, s.declined.Load(), "the set-based statement did not decline")
-	assert.Equal(t, int64(1), s.setGroups.Load(), "the set-based statement wrote the group")
+	assert.Equal(t, setGroups+1, s.setGroups.Load(), "the set-based statement wrote the group")
 	assert.Equal(t, []int64{1}, got[0].res.Versions)
 	assert.Equal(t, []int64{1}, got[1].res.Versions)
 	assert.Equal(t, []int64{1, 1}, got[2].res.Versions)
@@ -150,7 +151,9 @@ func TestSetGroupWritesEveryKindOfAppend(t *testing.T) {
 
 // When a check of the set-based statement fails, nothing of it is written
 // and the group is sent again call by call: each append at fault fails
-// alone, with the reason it has, and the others are written.
+// alone, with the reason it has, and the others are written. A group of
+// one-event appends (appendEach) answers a wrong version itself, without
+// declining: only a reused id sends it through evident_append.
 func TestSetGroupDeclinesAndFailsEachAppendAlone(t *testing.T) {
 	t.Parallel()
 	s, first, earlier := withRetried(t, one("taken", eventstore.NoStream), one("moved", eventstore.NoStream, event(), event()))
@@ -167,24 +170,38 @@ func TestSetGroupDeclinesAndFailsEachAppendAlone(t *testing.T) {
 		{"exact, but it moved on", one("moved", 0), "expected version 0, the stream is at 1", eventstore.ErrWrongVersion},
 		{"an id in the log", one("elsewhere", eventstore.Any, first), "", errIDTaken},
 	} {
-		t.Run(bad.name, func(t *testing.T) {
-			declined := s.declined.Load()
-			good := "fresh-" + uuid.NewString()
-			calls := []*call{newCall(ctx, one(good, eventstore.NoStream)), newCall(ctx, bad.req)}
-			require.NotNil(t, buildSetArgs(calls))
-			s.runGroup(calls)
-			ok, failed := <-calls[0].reply, <-calls[1].reply
-			assert.Equal(t, declined+1, s.declined.Load(), "the set-based statement declined")
-			require.NoError(t, ok.err)
-			assert.Equal(t, []int64{0}, ok.res.Versions)
-			require.ErrorIs(t, failed.err, bad.want)
-			assert.Contains(t, failed.err.Error(), bad.match)
-			evs, err := s.ReadStream(ctx, bad.req.Stream, 0)
-			require.NoError(t, err)
-			for _, e := range evs {
-				assert.NotEqual(t, bad.req.Events[0].ID, e.ID, "nothing of the failed append is written")
-			}
-		})
+		for _, events := range []int{1, 2} {
+			t.Run(fmt.Sprintf("%s, %d events", bad.name, events), func(t *testing.T) {
+				req := bad.req
+				if events == 2 {
+					req.Events = append(slices.Clone(req.Events), event())
+				}
+				declined := s.declined.Load()
+				good := "fresh-" + uuid.NewString()
+				calls := []*call{newCall(ctx, one(good, eventstore.NoStream)), newCall(ctx, req)}
+				require.NotNil(t, buildSetArgs(calls))
+				each := eachOK(calls)
+				assert.Equal(t, events == 1 && req.Expected != eventstore.Any, each, "written by appendEach")
+				s.runGroup(calls)
+				ok, failed := <-calls[0].reply, <-calls[1].reply
+				if each && bad.want != errIDTaken {
+					assert.Equal(t, declined, s.declined.Load(), "appendEach answered the wrong version itself")
+				} else {
+					assert.Equal(t, declined+1, s.declined.Load(), "the set-based statement declined")
+				}
+				require.NoError(t, ok.err)
+				assert.Equal(t, []int64{0}, ok.res.Versions)
+				require.ErrorIs(t, failed.err, bad.want)
+				assert.Contains(t, failed.err.Error(), bad.match)
+				evs, err := s.ReadStream(ctx, req.Stream, 0)
+				require.NoError(t, err)
+				for _, e := range evs {
+					for _, mine := range req.Events {
+						assert.NotEqual(t, mine.ID, e.ID, "nothing of the failed append is written")
+					}
+				}
+			})
+		}
 	}
 
 	// Through Append, the reused id is still recognised as a retry.
@@ -319,7 +336,7 @@ func TestWithdrawnWhileQueued(t *testing.T) {
 }
 
 // Two processes' groups naming the same streams in opposite call order do
-// not deadlock: a group locks its existing streams in name order first.
+// not deadlock: a group takes its streams' locks in key order first.
 // Two other transactions hold a stream between each group's two calls, so
 // that without that both groups would hold their first stream while waiting
 // for the other's.
@@ -335,7 +352,7 @@ func TestOppositeGroupsDoNotDeadlock(t *testing.T) {
 	hold := func(stream string) pgx.Tx {
 		tx, err := a.pool.Begin(ctx)
 		require.NoError(t, err)
-		_, err = tx.Exec(ctx, `SELECT 1 FROM streams WHERE stream = $1 FOR UPDATE`, stream)
+		_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 1))`, stream)
 		require.NoError(t, err)
 		return tx
 	}
@@ -361,8 +378,8 @@ func TestOppositeGroupsDoNotDeadlock(t *testing.T) {
 }
 
 // A transaction that writes elsewhere on the server, however long it runs,
-// does not hold readers of the log back: only appends can still add events
-// below a position already read.
+// does not hold readers of the log back, even when it has read the log
+// too: only appends can still add events below a position already read.
 func TestOtherWritersDoNotHoldReadersBack(t *testing.T) {
 	t.Parallel()
 	s := internalStore(t, 4)
@@ -370,7 +387,7 @@ func TestOtherWritersDoNotHoldReadersBack(t *testing.T) {
 	other, err := s.pool.Begin(ctx)
 	require.NoError(t, err)
 	defer func() { _ = other.Rollback(context.WithoutCancel(ctx)) }()
-	_, err = other.Exec(ctx, `CREATE TEMP TABLE unrelated (n int); INSERT INTO unrelated VALUES (1)`)
+	_, err = other.Exec(ctx, `CREATE TEMP TABLE unrelated (n int); INSERT INTO unrelated VALUES (1); SELECT count(*) FROM events`)
 	require.NoError(t, err)
 	var xid int64
 	require.NoError(t, other.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(&xid))
@@ -431,4 +448,58 @@ func TestAppendAfterCloseIsUnavailable(t *testing.T) {
 	require.NoError(t, s.Close())
 	_, err := s.Append(t.Context(), one("late", eventstore.NoStream))
 	require.ErrorIs(t, err, eventstore.ErrUnavailable)
+}
+
+// A stream of commits is announced by at most one NOTIFY per notifyEvery,
+// not one per commit: each NOTIFY is a transaction of its own.
+func TestNotifiesArePaced(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	_, err := s.Append(t.Context(), one("paced", eventstore.NoStream)) // starts the notifier
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return s.notifies.Load() == 1 }, time.Second, time.Millisecond)
+
+	// A commit every 50 µs or so for 50 ms.
+	start := time.Now()
+	for time.Since(start) < 50*time.Millisecond {
+		s.committed()
+		time.Sleep(50 * time.Microsecond)
+	}
+	elapsed := time.Since(start)
+	time.Sleep(2 * notifyEvery) // the last commits' NOTIFY
+	sent := s.notifies.Load() - 1
+	t.Logf("commits for %s: %d NOTIFYs", elapsed, sent)
+	assert.LessOrEqual(t, sent, int64(elapsed/notifyEvery)+2)
+	assert.Positive(t, sent, "the commits were announced")
+}
+
+// Groups naming thousands of streams take no advisory locks: each would
+// take a slot of the server's shared lock table (64 per connection by
+// default), and twice MaxAppendEvents of them would exhaust it. Both the
+// set-based statement and evident_append write such groups.
+func TestGroupsOfManyStreamsFitTheLockTable(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	ctx := t.Context()
+	many := func(prefix string, n int) []eventstore.AppendRequest {
+		reqs := make([]eventstore.AppendRequest, n)
+		for i := range reqs {
+			reqs[i] = one(fmt.Sprintf("%s-%d", prefix, i), eventstore.NoStream)
+		}
+		return reqs
+	}
+	for name, second := range map[string][]eventstore.AppendRequest{
+		"set-based":      many("set-b", MaxAppendEvents),
+		"evident_append": append(many("fn-b", MaxAppendEvents-1), one("fn-a-0", eventstore.Any)), // names a stream twice
+	} {
+		prefix := map[string]string{"set-based": "set-a", "evident_append": "fn-a"}[name]
+		calls := []*call{newCall(ctx, many(prefix, MaxAppendEvents)...), newCall(ctx, second...)}
+		s.runGroup(calls)
+		for i, c := range calls {
+			require.NoError(t, (<-c.reply).err, "%s: call %d", name, i)
+		}
+	}
+	n, err := s.Count(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, int64(4*MaxAppendEvents), n)
 }

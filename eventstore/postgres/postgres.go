@@ -76,9 +76,9 @@ var migrations embed.FS
 // one append's events are contiguous, in the order appended. ReadAll returns
 // only rows whose tx is below a horizon: the lowest id among the appends
 // still running, or, when none is, the next id to be assigned (the
-// snapshot's xmax). An append is recognised by the lock it holds on the
-// streams table, which it takes before it has an id and keeps until it ends
-// (see the horizon statement). Every append below the horizon has finished:
+// snapshot's xmax). An append is recognised by the ROW EXCLUSIVE lock it
+// holds on the events table, which it takes before it has an id and keeps
+// until it ends (see the horizon statement). Every append below the horizon has finished:
 // committed (and visible to the read, which takes its snapshot after the
 // horizon's) or aborted (and never visible). Every append that commits later
 // has an id at or above the horizon, so it sorts after everything already
@@ -87,11 +87,12 @@ var migrations embed.FS
 //
 // This rests on one rule of this package: the only statements that write
 // the log are the two append statements (appendSet and evident_append, see
-// group.go), each alone in its transaction, and each locks the streams
-// table before it writes anything (appendSet's first act is its INSERT
-// into streams, evident_append's to lock the streams rows). A transaction
-// that had an id from earlier writes and only then appended would be
-// invisible to the horizon until it touched the streams.
+// group.go), each alone in its transaction, and each holds the events
+// table's lock before it has an id (appendSet takes it when it starts, as
+// any INSERT does; evident_append first thing, for the whole transaction,
+// so that a call's subtransaction that fails does not take it away). A
+// transaction that had an id from earlier writes and only then appended
+// would be invisible to the horizon until it touched the events table.
 //
 // Appends are one statement, so readers normally trail the head by a
 // millisecond or two. Other transactions on the server, however long, hold
@@ -102,14 +103,15 @@ var migrations embed.FS
 //
 // # Expected versions
 //
-// The streams table holds each stream's version. An append updates each
-// stream's row in the same transaction, in stream-name order so that two
-// multi-stream appends cannot deadlock: an exact version is an UPDATE guarded
-// by the version, NoStream an INSERT that does nothing on conflict, Any an
-// upsert (appendSet does all three as one INSERT ... ON CONFLICT, see
-// set.go). A guard that matches no row is eventstore.ErrWrongVersion; under
-// READ COMMITTED a guard that waited on a concurrent append re-checks the row
-// that append committed.
+// The log itself is the check: the unique index on (stream, version) lets
+// one writer of each version win, and an event at version k > 0 is written
+// only where k-1 is committed, so a stream's versions are always 0..n and an
+// append expecting v that writes v+1 found the stream at v (see appendSet in
+// set.go and migrations/00004). A refused row is eventstore.ErrWrongVersion.
+// Every append first takes a transaction-level advisory lock per stream, in
+// key order, so that writers of one stream queue there, in one order, and
+// no two appends deadlock on each other's index entries (up to
+// maxLockedStreams streams per statement, see set.go).
 //
 // # One statement per group of appends
 //
@@ -117,15 +119,15 @@ var migrations embed.FS
 // one round trip; concurrent appends are written by the same statement, in
 // one transaction (group commit, see group.go): set-based when the group
 // names each stream once, else by the evident_append function
-// (migrations/00002), each append in its own subtransaction. All events of
+// (migrations/00004), each append in its own subtransaction. All events of
 // a group share one tx, in the order the appends were taken.
 //
 // # Waking readers
 //
 // After each commit a notifier sends pg_notify on a channel named after the
-// schema, on a pooled connection; commits made while one is being sent
-// share the next. The first Wait starts one listener connection, taken out
-// of the pool, that wakes every waiter; it reconnects with backoff when it
+// schema, on a pooled connection, at most one every notifyEvery; the
+// commits made in between share the next. The first Wait starts one
+// listener connection, taken out of the pool, that wakes every waiter; it reconnects with backoff when it
 // drops, and Wait also wakes every fallbackWake. Waiters in the appending
 // process are woken at commit, without the round trip; its listener skips
 // the notifications it sent itself (their payload names the Store), which
@@ -170,6 +172,7 @@ type Store struct {
 	setGroups    atomic.Int64 // groups appendSet wrote
 	declined     atomic.Int64 // groups appendSet declined, sent again through evident_append
 	wakes        atomic.Int64 // wake-ups of the readers, for tests
+	notifies     atomic.Int64 // NOTIFYs sent, for tests
 }
 
 var _ eventstore.Store = (*Store)(nil)
@@ -353,8 +356,8 @@ type streamPlan struct {
 	events   int64 // over every request naming it
 }
 
-// planStreams groups the requests by stream, sorted by name: the order in
-// which an append takes the streams' row locks.
+// planStreams groups the requests by stream, sorted by name: the order of
+// evident_append's guards and of the starts it returns.
 func planStreams(reqs []eventstore.AppendRequest) []streamPlan {
 	byName := make(map[string]int, len(reqs))
 	var plans []streamPlan
@@ -458,8 +461,8 @@ const selectEvents = `SELECT tx::text::bigint, seq, event_id, stream, version, t
 // returned, wrapping eventstore.ErrUnavailable when the server cannot be
 // reached.
 //
-// A stream's versions are handed out under its streams row lock, so they
-// commit in version order and a stream read needs no horizon.
+// A stream's version k is written only once k-1 is committed (see Store),
+// so a stream's versions commit in order and a stream read needs no horizon.
 func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]eventstore.RecordedEvent, error) {
 	if stream == "" {
 		return nil, fmt.Errorf("postgres eventstore: read stream: empty stream name: %w", eventstore.ErrInvalid)
@@ -478,8 +481,9 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]ev
 // horizon is the statement that says how far ReadAll may read: the lowest
 // transaction id that may still add events to the log (see Store). It is
 // the lowest id among the transactions that were running at the
-// statement's snapshot and are appenders (hold the lock every append takes
-// on the streams table, with an id), or the snapshot's xmax when none is.
+// statement's snapshot and are appenders (hold the ROW EXCLUSIVE lock every
+// append takes on the events table, with an id), or the snapshot's xmax
+// when none is. Readers hold a weaker lock on it, ACCESS SHARE.
 //
 // It must run in a statement before the one that reads the events: an
 // appender that ends between this snapshot and the lock table read is left
@@ -494,7 +498,7 @@ const horizon = `WITH s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap),
 appenders AS (
 	SELECT a.backend_xid::text::bigint AS xid
 	FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-	WHERE l.locktype = 'relation' AND l.relation = 'streams'::regclass
+	WHERE l.locktype = 'relation' AND l.relation = 'events'::regclass AND l.mode = 'RowExclusiveLock'
 	  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 	  AND a.backend_xid IS NOT NULL
 )

@@ -3,91 +3,180 @@ package postgres
 import (
 	"context"
 	"errors"
+	"fmt"
 
-	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"evident/eventstore"
 )
 
-// appendSet writes a group in which no stream is named twice with one call
-// of evident_append_set (migrations/00003): set-based, no subtransaction,
-// all or nothing. When one of its checks fails (a wrong expected version) or
-// an event id is already in the log, nothing is written and writeGroup sends
-// the group through evident_append, which fails the appends at fault alone.
-const appendSet = `SELECT tx_id, seqs, names, starts FROM evident_append_set(
-	$1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::uuid[], $7::text[], $8::bytea[], $9::bytea[])`
+// appendSet writes a group in which no stream is named twice with one plain
+// INSERT: no function call, no subtransaction, all or nothing. One row per
+// event, in argument order, whose version is:
+//
+//   - for "no stream" (-1), its offset in the request minus one (a stream
+//     that exists already holds version 0: the unique index refuses it);
+//   - for an exact version v, v plus its offset, where v is in the log in
+//     the statement's snapshot, else NULL (the NOT NULL constraint refuses
+//     it); a stream past v already holds v+1 (the unique index refuses it);
+//   - for "any" (-2), the stream's latest version in the snapshot plus its
+//     offset (refused by the unique index if another writer got there first).
+//
+// So a row is only written where its stream was at the version expected
+// (see migrations/00004); when one is refused, nothing is written and
+// writeGroup sends the group through evident_append, which fails the
+// appends at fault alone.
+//
+// The one-time filter takes the advisory lock of every stream in $8, in
+// key order, before any row is produced: writers of a stream queue there
+// rather than on each other's index entries, which, taken in two groups'
+// different orders, could deadlock. $8 names the group's streams, or none
+// when they are more than maxLockedStreams (see there).
+//
+// Each array is read through a sub-select, so that the planner cannot see
+// its length: the plan it makes for the first calls then costs what the
+// generic plan costs, and it keeps the generic plan instead of planning
+// every call anew.
+const appendSet = `INSERT INTO events AS e (event_id, stream, version, type, data, metadata)
+SELECT ev.id, ev.stream,
+	CASE WHEN ev.expected = -1 THEN ev.off - 1
+		WHEN ev.expected = -2 THEN coalesce((SELECT max(x.version) FROM events AS x WHERE x.stream = ev.stream), -1) + ev.off
+		ELSE (SELECT x.version FROM events AS x WHERE x.stream = ev.stream AND x.version = ev.expected) + ev.off END,
+	ev.type, ev.data, ev.meta
+FROM unnest((SELECT $1::text[]), (SELECT $2::bigint[]), (SELECT $3::bigint[]), (SELECT $4::uuid[]),
+		(SELECT $5::text[]), (SELECT $6::bytea[]), (SELECT $7::bytea[]))
+	WITH ORDINALITY AS ev(stream, expected, off, id, type, data, meta, i)
+WHERE (SELECT count(pg_advisory_xact_lock(l.k))
+	FROM (SELECT DISTINCT hashtextextended(n, 1) AS k FROM unnest((SELECT $8::text[])) AS n ORDER BY 1) AS l) >= 0
+ORDER BY ev.i
+RETURNING e.tx::text::bigint, e.seq, e.version`
 
-// setArgs is the appendSet argument list for a group.
+// maxLockedStreams is the most streams whose advisory locks one append
+// statement takes. Unlike row locks, each takes a slot in the server's
+// shared lock table, which holds max_locks_per_transaction (64 by default)
+// per connection: a bulk append naming thousands of streams would exhaust
+// it. Larger groups take none; should one meet another writer of the same
+// streams in the opposite order, the server's deadlock detector ends one
+// of them after deadlock_timeout, and it is sent again (see runGroup).
+// evident_append (migrations/00004) uses the same bound.
+const maxLockedStreams = 64
+
+// setArgs is the appendSet argument list for a group: one entry per event,
+// and the streams to lock.
 type setArgs struct {
-	gStream           []string
-	gExpected, gCount []int64
-	eStream           []string
-	eOffset           []int64
-	eID               []uuid.UUID
-	eType             []string
-	eData, eMeta      [][]byte
+	locks            []string
+	stream           []string
+	expected, offset []int64
+	id               pgtype.FlatArray[pgtype.UUID] // not []uuid.UUID, which pgx encodes through its text
+	typ              []string
+	data, meta       [][]byte
 }
 
 // buildSetArgs returns appendSet's arguments for group, or nil when a stream
 // is named twice in it (by two appends, or by two requests of one).
 func buildSetArgs(group []*call) *setArgs {
-	a := &setArgs{}
-	seen := make(map[string]bool)
+	var names []string // one per request
+	n := 0
 	for _, c := range group {
 		for _, r := range c.reqs {
-			if seen[r.Stream] {
-				return nil
-			}
-			seen[r.Stream] = true
-			a.gStream = append(a.gStream, r.Stream)
-			a.gExpected = append(a.gExpected, r.Expected)
-			a.gCount = append(a.gCount, int64(len(r.Events)))
+			names = append(names, r.Stream)
+			n += len(r.Events)
+		}
+	}
+	if !distinct(names) {
+		return nil
+	}
+	a := &setArgs{
+		locks:  []string{},
+		stream: make([]string, 0, n), expected: make([]int64, 0, n), offset: make([]int64, 0, n),
+		id: make(pgtype.FlatArray[pgtype.UUID], 0, n), typ: make([]string, 0, n), data: make([][]byte, 0, n), meta: make([][]byte, 0, n),
+	}
+	for _, c := range group {
+		for _, r := range c.reqs {
 			for i, e := range r.Events {
-				a.eStream = append(a.eStream, r.Stream)
-				a.eOffset = append(a.eOffset, int64(i)+1)
-				a.eID = append(a.eID, e.ID)
-				a.eType = append(a.eType, e.Type)
-				a.eData = append(a.eData, bytesOf(e.Data))
-				a.eMeta = append(a.eMeta, bytesOf(e.Metadata))
+				a.stream = append(a.stream, r.Stream)
+				a.expected = append(a.expected, r.Expected)
+				a.offset = append(a.offset, int64(i)+1)
+				a.id = append(a.id, pgtype.UUID{Bytes: e.ID, Valid: true})
+				a.typ = append(a.typ, e.Type)
+				a.data = append(a.data, bytesOf(e.Data))
+				a.meta = append(a.meta, bytesOf(e.Metadata))
 			}
 		}
 	}
+	if len(names) <= maxLockedStreams {
+		a.locks = names
+	}
 	return a
+}
+
+// distinct reports whether no name is in names twice. Groups are small: up
+// to a few dozen names, a look at every pair costs less than a map.
+func distinct(names []string) bool {
+	if len(names) > 32 {
+		seen := make(map[string]bool, len(names))
+		for _, n := range names {
+			if seen[n] {
+				return false
+			}
+			seen[n] = true
+		}
+		return true
+	}
+	for i, n := range names {
+		for _, m := range names[:i] {
+			if n == m {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // writeSet runs appendSet for group. Every call succeeds, or the statement
 // fails as a whole (see declined).
 func (s *Store) writeSet(ctx context.Context, group []*call, a *setArgs) ([]callResult, error) {
-	var (
-		txid    *int64
-		seqs    []int64
-		streams []string
-		starts  []int64
-	)
+	seqs := make([]int64, 0, len(a.id))
+	versions := make([]int64, 0, len(a.id))
+	var txid int64
 	err := s.inTx(ctx, func(q querier) error {
-		return q.QueryRow(ctx, appendSet, a.gStream, a.gExpected, a.gCount,
-			a.eStream, a.eOffset, a.eID, a.eType, a.eData, a.eMeta).Scan(&txid, &seqs, &streams, &starts)
+		rows, err := q.Query(ctx, appendSet, a.stream, a.expected, a.offset, a.id, a.typ, a.data, a.meta, a.locks)
+		if err != nil {
+			return err
+		}
+		var t, seq, v int64
+		_, err = pgx.ForEachRow(rows, []any{&t, &seq, &v}, func() error {
+			txid = t
+			seqs = append(seqs, seq)
+			versions = append(versions, v)
+			return nil
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if txid == nil || len(seqs) != len(a.eID) || len(streams) != len(starts) {
-		return nil, errors.New("postgres eventstore: append: malformed result")
+	if len(seqs) != len(a.id) {
+		return nil, fmt.Errorf("postgres eventstore: append: %d rows written for %d events", len(seqs), len(a.id))
 	}
-	start := make(map[string]int64, len(streams))
-	for i, st := range streams {
-		start[st] = starts[i]
+	// Rows come back in the order they were inserted, which is argument
+	// order; seq, taken at each insert, says so.
+	for i := 1; i < len(seqs); i++ {
+		if seqs[i] <= seqs[i-1] {
+			return nil, errors.New("postgres eventstore: append: rows returned out of insert order")
+		}
 	}
 	out := make([]callResult, len(group))
-	next := 0 // index of the call's first event in the group
+	next := 0 // index of the next event in the group
 	for i, c := range group {
 		res := eventstore.AppendResult{Versions: make([]int64, len(c.reqs))}
 		for j, r := range c.reqs {
-			res.Versions[j] = start[r.Stream] + int64(len(r.Events))
 			next += len(r.Events)
+			res.Versions[j] = versions[next-1]
 		}
-		res.Position = eventstore.Position{Commit: uint64(*txid), Prepare: uint64(seqs[next-1])}
+		res.Position = eventstore.Position{Commit: uint64(txid), Prepare: uint64(seqs[next-1])}
 		out[i] = callResult{res: res}
 	}
 	return out, nil
@@ -103,4 +192,125 @@ func declined(ctx context.Context, err error) bool {
 	}
 	_, ok := errors.AsType[*pgconn.PgError](err)
 	return ok
+}
+
+// appendEach writes a group of appends of one event each, none expecting
+// "any", in which no stream is named twice: the common group. It is
+// appendSet with each row checked on its own: a row whose check fails is
+// not written (WHERE and ON CONFLICT DO NOTHING) and the others are. As
+// each append is one row, each is still all or nothing, and a wrong
+// expected version costs no second statement through evident_append. An
+// event id already in the log still ends the statement (its index is not
+// the arbiter), and writeGroup sends the group through evident_append.
+// "Any" is left to appendSet: there a refused row means a newer version
+// than the snapshot showed, not a wrong one.
+const appendEach = `INSERT INTO events AS e (event_id, stream, version, type, data, metadata)
+SELECT ev.id, ev.stream, ev.version, ev.type, ev.data, ev.meta
+FROM (SELECT ev.id, ev.stream, ev.type, ev.data, ev.meta, ev.i,
+		CASE WHEN ev.expected = -1 THEN 0
+			ELSE (SELECT x.version FROM events AS x WHERE x.stream = ev.stream AND x.version = ev.expected) + 1 END AS version
+	FROM unnest((SELECT $1::text[]), (SELECT $2::bigint[]), (SELECT $3::uuid[]),
+			(SELECT $4::text[]), (SELECT $5::bytea[]), (SELECT $6::bytea[]))
+		WITH ORDINALITY AS ev(stream, expected, id, type, data, meta, i)
+	WHERE (SELECT count(pg_advisory_xact_lock(l.k))
+		FROM (SELECT DISTINCT hashtextextended(n, 1) AS k FROM unnest((SELECT $7::text[])) AS n ORDER BY 1) AS l) >= 0
+	) AS ev
+WHERE ev.version IS NOT NULL
+ORDER BY ev.i
+ON CONFLICT (stream, version) DO NOTHING
+RETURNING e.tx::text::bigint, e.seq, e.event_id`
+
+// eachOK reports whether appendEach can write group (see there).
+func eachOK(group []*call) bool {
+	for _, c := range group {
+		if len(c.reqs) != 1 || len(c.reqs[0].Events) != 1 || c.reqs[0].Expected == eventstore.Any {
+			return false
+		}
+	}
+	return true
+}
+
+// writeEach runs appendEach for group, a's arguments. The appends whose
+// row was not written fail with ErrWrongVersion, saying where their stream
+// is as of one more read.
+func (s *Store) writeEach(ctx context.Context, group []*call, a *setArgs) ([]callResult, error) {
+	type written struct{ tx, seq int64 }
+	got := make(map[[16]byte]written, len(group))
+	err := s.inTx(ctx, func(q querier) error {
+		rows, err := q.Query(ctx, appendEach, a.stream, a.expected, a.id, a.typ, a.data, a.meta, a.locks)
+		if err != nil {
+			return err
+		}
+		var (
+			w  written
+			id pgtype.UUID
+		)
+		_, err = pgx.ForEachRow(rows, []any{&w.tx, &w.seq, &id}, func() error {
+			got[id.Bytes] = w
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]callResult, len(group))
+	var missed []string
+	for i, c := range group {
+		r := c.reqs[0]
+		w, ok := got[r.Events[0].ID]
+		if !ok {
+			missed = append(missed, r.Stream)
+			continue
+		}
+		out[i] = callResult{res: eventstore.AppendResult{
+			Position: eventstore.Position{Commit: uint64(w.tx), Prepare: uint64(w.seq)},
+			Versions: []int64{max(r.Expected, -1) + 1},
+		}}
+	}
+	if len(missed) == 0 {
+		return out, nil
+	}
+	at, err := s.versions(ctx, missed)
+	if err != nil {
+		at = nil // the appends failed all the same; the message says less
+	}
+	for i, c := range group {
+		r := c.reqs[0]
+		if _, ok := got[r.Events[0].ID]; ok {
+			continue
+		}
+		var why string
+		v, known := at[r.Stream]
+		switch {
+		case r.Expected == eventstore.NoStream:
+			why = "expected no stream, the stream exists"
+		case at == nil:
+			why = fmt.Sprintf("expected version %d, the stream is elsewhere", r.Expected)
+		case !known:
+			why = fmt.Sprintf("expected version %d, the stream is at no stream", r.Expected)
+		default:
+			why = fmt.Sprintf("expected version %d, the stream is at %d", r.Expected, v)
+		}
+		out[i] = callResult{err: fmt.Errorf("postgres eventstore: append to %q: %s: %w", r.Stream, why, eventstore.ErrWrongVersion)}
+	}
+	return out, nil
+}
+
+// versions returns the latest version of each of streams that exists.
+func (s *Store) versions(ctx context.Context, streams []string) (map[string]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT stream, max(version) FROM events WHERE stream = ANY($1) GROUP BY stream`, streams)
+	if err != nil {
+		return nil, err
+	}
+	at := make(map[string]int64, len(streams))
+	var (
+		stream string
+		v      int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&stream, &v}, func() error {
+		at[stream] = v
+		return nil
+	})
+	return at, err
 }
