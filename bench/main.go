@@ -3,7 +3,7 @@
 // interleaved round by round on fresh databases, and every figure is read
 // as a ratio to what was measured in the same run.
 //
-//	go -C bench run . -profile full    # the table in docs/benchmarks.md (≈15 min)
+//	go -C bench run . -profile full    # the table in docs/benchmarks.md (≈8–12 min)
 //	go -C bench run . -profile smoke   # CI: a few seconds per cell, fails only
 //	                                   # when Evident < 0.5× raw on a guarded row
 package main
