@@ -99,7 +99,7 @@ func (h *Handler) Login(ctx context.Context, meta Meta, emailAddr, password stri
 		return NewSession{}, err
 	}
 	if after.version != lu.version && after.state.Status != user.StatusActive {
-		if _, err := h.RevokeSession(ctx, Meta{ActorID: System, CorrelationID: meta.CorrelationID}, sid, "user_"+string(after.state.Status)); err != nil {
+		if _, err := h.RevokeSession(ctx, Meta{ActorID: System, CorrelationID: meta.CorrelationID}, sid, endReason(after.state.Status)); err != nil {
 			h.log.WarnContext(ctx, "revoke a login that raced its user's end", "stream", SessionStream(sid), "err", err)
 		}
 		return NewSession{}, user.ErrNotActive
@@ -286,4 +286,19 @@ func (h *Handler) revokeBatch(ctx context.Context, meta Meta, ids []uuid.UUID, r
 		pos = closedAt
 	}
 	return Result{Position: pos, Appended: len(reqs)}, nil
+}
+
+// endReason is the revocation reason of a session whose user is no longer
+// active: the same reason the command that ended the user writes, whichever
+// of the command, its workflow or a racing login revokes the session first.
+func endReason(s user.Status) string {
+	switch s {
+	case user.StatusInactive:
+		return session.ReasonUserDeactivated
+	case user.StatusSuspended:
+		return session.ReasonUserSuspended
+	case user.StatusDeleted:
+		return session.ReasonUserDeleted
+	}
+	return session.ReasonRevoked
 }

@@ -82,7 +82,7 @@ func (w *SessionCleanup) Handle(ctx context.Context, ev eventstore.RecordedEvent
 		if lu.state.Status == user.StatusActive {
 			return nil
 		}
-		_, err = w.h.RevokeSession(ctx, meta, in.SessionID, "user_"+string(lu.state.Status))
+		_, err = w.h.RevokeSession(ctx, meta, in.SessionID, endReason(lu.state.Status))
 		return err
 	}
 	return nil
