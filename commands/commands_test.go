@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"evident/commands"
+	"evident/domain/email"
+	"evident/domain/session"
 	"evident/domain/user"
 	"evident/eventstore"
 	"evident/eventstore/sqlite"
@@ -431,4 +433,91 @@ func TestRegisterReadsTheUserStreamOnlyForAGivenID(t *testing.T) {
 	assert.True(t, again.Position.IsZero(), "nothing appended again")
 	assert.Equal(t, first.User, again.User)
 	assert.Equal(t, first.Version, again.Version)
+}
+
+// A new address is claimed without reading its claim stream: the store's
+// "no stream" check is the read. An address claimed before (taken, or freed
+// by a deletion) is refused by that check, read once, and decided on what
+// the log holds; a refused registration leaves nothing in the log.
+func TestRegisterReadsTheClaimOnlyWhenTheAddressWasClaimed(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	rc := &readCounter{Store: f.events, reads: map[string]int{}}
+	h := commands.NewHandler(rc, f.rm, f.rm, nil, commands.Options{Now: f.clock, PasswordCost: bcrypt.MinCost})
+	claim := email.Stream("c@example.org")
+
+	first, err := h.Register(ctx, admin, commands.RegisterInput{Email: "c@example.org", Name: "C"})
+	require.NoError(t, err)
+	assert.Zero(t, rc.reads[claim], "a new address is not read")
+
+	before := len(f.allEvents(t))
+	_, err = h.Register(ctx, admin, commands.RegisterInput{Email: " C@Example.org", Name: "C2"})
+	require.ErrorIs(t, err, commands.ErrEmailTaken)
+	assert.Equal(t, 1, rc.reads[claim], "a taken address is read once")
+	assert.Len(t, f.allEvents(t), before, "a refused registration appends nothing")
+
+	_, err = h.Delete(ctx, admin, first.UserID, "test", nil)
+	require.NoError(t, err)
+	rc.reads[claim] = 0
+	again, err := h.Register(ctx, admin, commands.RegisterInput{Email: "c@example.org", Name: "C3"})
+	require.NoError(t, err, "a freed address can be claimed again")
+	assert.Equal(t, 1, rc.reads[claim])
+	var versions []int64
+	for _, e := range f.allEvents(t) {
+		if e.Stream == claim {
+			versions = append(versions, e.Version)
+		}
+	}
+	assert.Equal(t, []int64{0, 1, 2}, versions, "claimed, released, claimed again")
+	st, _, err := h.UserState(ctx, again.UserID, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, "c@example.org", st.Email)
+}
+
+// A session opened while its user was being ended is revoked by the cleanup
+// workflow (or by the racing login) with the reason of what ended the user,
+// the same reason the command itself writes: the answer must not depend on
+// who revokes first.
+func TestLateRevocationGivesTheCommandsReason(t *testing.T) {
+	cases := []struct {
+		name   string
+		end    func(f *fixture, id uuid.UUID) error
+		reason string
+	}{
+		{"deactivate", func(f *fixture, id uuid.UUID) error {
+			_, err := f.h.Deactivate(context.Background(), admin, id, "", nil)
+			return err
+		}, session.ReasonUserDeactivated},
+		{"suspend", func(f *fixture, id uuid.UUID) error {
+			_, err := f.h.Suspend(context.Background(), admin, id, "", nil)
+			return err
+		}, session.ReasonUserSuspended},
+		{"delete", func(f *fixture, id uuid.UUID) error {
+			_, err := f.h.Delete(context.Background(), admin, id, "", nil)
+			return err
+		}, session.ReasonUserDeleted},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			id := f.activeUser(t, tc.name+"@example.org", "password-123")
+			s, err := f.h.Login(ctx, commands.Meta{}, tc.name+"@example.org", "password-123")
+			require.NoError(t, err)
+			// No projection runs here: the command finds no open session in
+			// the read model, as when the login's row was not projected yet.
+			require.NoError(t, tc.end(f, id))
+			recs, err := f.events.ReadStream(ctx, commands.SessionStream(s.SessionID), 0)
+			require.NoError(t, err)
+			require.Len(t, recs, 1)
+			require.NoError(t, commands.NewSessionCleanup(f.h, 0).Handle(ctx, recs[0]))
+
+			recs, err = f.events.ReadStream(ctx, commands.SessionStream(s.SessionID), 0)
+			require.NoError(t, err)
+			require.Len(t, recs, 2, "the workflow revoked the session")
+			ev, err := session.Decode(recs[1].Type, session.SchemaVersion, recs[1].Data)
+			require.NoError(t, err)
+			assert.Equal(t, tc.reason, ev.(session.Revoked).Reason)
+		})
+	}
 }

@@ -293,6 +293,10 @@ func (h *Handler) loadSessionAt(ctx context.Context, id uuid.UUID) (session.Stat
 type change struct {
 	events []user.Event
 	extra  []eventstore.AppendRequest // other streams written in the same atomic append
+	// guessed says extra expects a stream state that was not read (a new
+	// address has no claim stream): if the append is refused, decide is
+	// called again at once, and must read this time, before any back-off.
+	guessed bool
 }
 
 // execUser is the one code path of every user command: load, decide, append
@@ -324,20 +328,29 @@ func (h *Handler) execUserFrom(ctx context.Context, meta Meta, id uuid.UUID, ifM
 			}
 			return Result{}, ErrPreconditionFailed
 		}
-		now := h.now()
-		ch, err := decide(lu, now)
-		if err != nil {
-			return Result{}, err
+		var (
+			ch   change
+			data []eventstore.EventData
+			res  eventstore.AppendResult
+			err  error
+		)
+		for {
+			now := h.now()
+			if ch, err = decide(lu, now); err != nil {
+				return Result{}, err
+			}
+			if len(ch.events) == 0 {
+				return Result{UserID: id, Version: lu.version, User: lu.state}, nil
+			}
+			if data, err = encode(meta, now, user.SchemaVersion, ch.events); err != nil {
+				return Result{}, err
+			}
+			reqs := append([]eventstore.AppendRequest{{Stream: UserStream(id), Expected: lu.version, Events: data}}, ch.extra...)
+			res, err = h.write(ctx, reqs...)
+			if !ch.guessed || !errors.Is(err, eventstore.ErrWrongVersion) {
+				break
+			}
 		}
-		if len(ch.events) == 0 {
-			return Result{UserID: id, Version: lu.version, User: lu.state}, nil
-		}
-		data, err := encode(meta, now, user.SchemaVersion, ch.events)
-		if err != nil {
-			return Result{}, err
-		}
-		reqs := append([]eventstore.AppendRequest{{Stream: UserStream(id), Expected: lu.version, Events: data}}, ch.extra...)
-		res, err := h.write(ctx, reqs...)
 		if err != nil {
 			if ifMatch != nil && errors.Is(err, eventstore.ErrWrongVersion) {
 				return Result{}, ErrPreconditionFailed

@@ -58,13 +58,22 @@ func (h *Handler) Register(ctx context.Context, meta Meta, in RegisterInput) (Re
 		meta.ActorID = Anonymous
 	}
 	cmd := user.Register{UserID: id, Email: addr, Name: name, Roles: roles, CredentialID: credID}
+	// Most addresses are new: the first try appends the claim expecting no
+	// stream, which costs no read; the store refuses it if the address was
+	// ever claimed, and the next try reads the claim.
+	guess := true
 	return h.execUserFrom(ctx, meta, id, nil, fresh, func(lu loadedUser, now time.Time) (change, error) {
 		if lu.state.Exists && lu.state.Email == addr && in.UserID != uuid.Nil {
 			return change{}, nil // the retry of a registration that was stored
 		}
-		owner, version, err := h.loadClaim(ctx, addr)
-		if err != nil {
-			return change{}, err
+		guessed := guess
+		guess = false
+		owner, version := uuid.Nil, eventstore.NoStream
+		if !guessed {
+			var err error
+			if owner, version, err = h.loadClaim(ctx, addr); err != nil {
+				return change{}, err
+			}
 		}
 		claim, err := email.Claim(owner, id)
 		if err != nil || len(claim) == 0 {
@@ -75,7 +84,7 @@ func (h *Handler) Register(ctx context.Context, meta Meta, in RegisterInput) (Re
 			return change{}, err
 		}
 		req, err := claimRequest(meta, now, addr, version, claim[0])
-		return change{events: evs, extra: []eventstore.AppendRequest{req}}, err
+		return change{events: evs, extra: []eventstore.AppendRequest{req}, guessed: guessed}, err
 	})
 }
 
