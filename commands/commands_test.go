@@ -521,3 +521,85 @@ func TestLateRevocationGivesTheCommandsReason(t *testing.T) {
 		})
 	}
 }
+
+// hooked is the real event store, running before once, just before the
+// first read (or, with appends set, the first append) of a stream whose
+// name has the given prefix.
+type hooked struct {
+	commands.Store
+	prefix  string
+	appends bool
+	before  func()
+	once    sync.Once
+}
+
+func (s *hooked) ReadStream(ctx context.Context, stream string, from int64) ([]eventstore.RecordedEvent, error) {
+	if !s.appends && strings.HasPrefix(stream, s.prefix) {
+		s.once.Do(s.before)
+	}
+	return s.Store.ReadStream(ctx, stream, from)
+}
+
+func (s *hooked) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (eventstore.AppendResult, error) {
+	if s.appends && strings.HasPrefix(reqs[0].Stream, s.prefix) {
+		s.once.Do(s.before)
+	}
+	return s.Store.Append(ctx, reqs...)
+}
+
+// Two identical e-mail changes race: the second read the user before the
+// first was stored and the address's claim after, so the claim is the
+// user's already while its state says otherwise. It reads again and finds
+// nothing to do, instead of failing (it used to index an empty claim).
+func TestRacingIdenticalEmailChanges(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	res, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "old@example.org", Name: "O"})
+	require.NoError(t, err)
+	addr := "new@example.org"
+	store := &hooked{Store: f.events, prefix: email.StreamPrefix}
+	h := commands.NewHandler(store, f.rm, f.rm, nil, commands.Options{Now: f.clock, PasswordCost: bcrypt.MinCost})
+	store.before = func() {
+		_, err := f.h.Update(ctx, admin, res.UserID, commands.UpdateInput{Email: &addr}, nil)
+		require.NoError(t, err)
+	}
+	r, err := h.Update(ctx, admin, res.UserID, commands.UpdateInput{Email: &addr}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, addr, r.User.Email)
+	assert.Zero(t, r.Appended, "the first change did it all")
+
+	// With If-Match on the version it read, the same race is a failed precondition.
+	store = &hooked{Store: f.events, prefix: email.StreamPrefix}
+	h = commands.NewHandler(store, f.rm, f.rm, nil, commands.Options{Now: f.clock, PasswordCost: bcrypt.MinCost})
+	other := "other@example.org"
+	store.before = func() {
+		_, err := f.h.Update(ctx, admin, res.UserID, commands.UpdateInput{Email: &other}, nil)
+		require.NoError(t, err)
+	}
+	v := r.Version
+	_, err = h.Update(ctx, admin, res.UserID, commands.UpdateInput{Email: &other}, &v)
+	require.ErrorIs(t, err, commands.ErrPreconditionFailed)
+}
+
+// The same race on a registration retried with the id it was given: the
+// retry read the (empty) user stream before the first attempt was stored,
+// and the claim after its append was refused. It reads again and answers
+// as the retry of a stored registration, not "address taken".
+func TestRacingRetriedRegistration(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	in := commands.RegisterInput{Email: "retry@example.org", Name: "R", UserID: uuid.Must(uuid.NewV7())}
+	store := &hooked{Store: f.events, prefix: commands.UserStream(in.UserID), appends: true}
+	h := commands.NewHandler(store, f.rm, f.rm, nil, commands.Options{Now: f.clock, PasswordCost: bcrypt.MinCost})
+	var first commands.Result
+	store.before = func() {
+		var err error
+		first, err = f.h.Register(ctx, admin, in)
+		require.NoError(t, err)
+	}
+	again, err := h.Register(ctx, admin, in)
+	require.NoError(t, err)
+	assert.Equal(t, first.User, again.User)
+	assert.Equal(t, first.Version, again.Version)
+	assert.Zero(t, again.Appended)
+}

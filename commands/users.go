@@ -76,8 +76,13 @@ func (h *Handler) Register(ctx context.Context, meta Meta, in RegisterInput) (Re
 			}
 		}
 		claim, err := email.Claim(owner, id)
-		if err != nil || len(claim) == 0 {
+		if err != nil {
 			return change{}, ErrEmailTaken
+		}
+		if len(claim) == 0 {
+			// This id holds the address already: its registration was
+			// stored after the user stream was read. Read again.
+			return change{}, fmt.Errorf("claim %s is the user's already: %w", email.Stream(addr), eventstore.ErrWrongVersion)
 		}
 		evs, err := user.Decide(lu.state, cmd, now)
 		if err != nil {
@@ -173,6 +178,12 @@ func (h *Handler) Update(ctx context.Context, meta Meta, id uuid.UUID, in Update
 			claim, err := email.Claim(owner, id)
 			if err != nil {
 				return change{}, ErrEmailTaken
+			}
+			if len(claim) == 0 {
+				// The address is this user's already, while the state read
+				// before says otherwise: a concurrent change took it after
+				// that read. Read again.
+				return change{}, fmt.Errorf("claim %s is the user's already: %w", email.Stream(*up.Email), eventstore.ErrWrongVersion)
 			}
 			take, err := claimRequest(meta, now, *up.Email, version, claim[0])
 			if err != nil {
