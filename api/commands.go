@@ -57,7 +57,7 @@ type userView struct {
 func (s *Server) meta(c echo.Context) commands.Meta {
 	rid := requestID(c)
 	corr := c.Request().Header.Get("X-Correlation-ID")
-	if corr == "" || len(corr) > 128 {
+	if !traceID(corr) {
 		corr = rid
 	}
 	return commands.Meta{ActorID: actor(c), CorrelationID: corr, RequestID: rid}

@@ -38,13 +38,22 @@ func bind(c echo.Context, dst any, required bool) error {
 		}
 		return nil
 	}
+	if err := checkJSONType(r); err != nil {
+		return err
+	}
+	return decodeJSON(body, dst)
+}
+
+// checkJSONType refuses a body declared as anything but JSON; a body with no
+// Content-Type is taken as JSON.
+func checkJSONType(r *http.Request) error {
 	if ct := r.Header.Get(echo.HeaderContentType); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
 			return problem(http.StatusUnsupportedMediaType, "unsupported_media_type", "send application/json")
 		}
 	}
-	return decodeJSON(body, dst)
+	return nil
 }
 
 // decodeJSON decodes exactly one JSON object into dst, refusing unknown

@@ -44,8 +44,10 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			return bind(c, &struct{}{}, false) // reports the read error as a problem
 		}
 		c.Request().Body = io.NopCloser(bytes.NewReader(body))
-		sum := sha256.Sum256(append([]byte(c.Request().Method+" "+c.Request().URL.Path+"\n"), body...))
-		fingerprint := hex.EncodeToString(sum[:])
+		fingerprint, err := requestFingerprint(c.Request(), body)
+		if err != nil {
+			return err
+		}
 		scope := actor(c) // anonymous requests share one scope: keys must be unguessable
 		// A claimed key must reach a recorded outcome: the claim, the command
 		// and its answer run to their end even when the client has gone away,
@@ -95,6 +97,50 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 }
 
 const idempotencyKey = "evident.idempotency"
+
+// requestFingerprint tells a keyed request's retries from another request:
+// a hash of its method, path and body, in which the value of every secret
+// field (a password, an activation token) is replaced by one mark. The
+// fingerprint is kept, and a registration's user id is derived from it
+// (derivedID), which the log keeps forever: a fast hash of a password there
+// would undo bcrypt. So a retry that changes only a secret is taken as the
+// same request. The body is hashed as the object it decodes to (keys in
+// order, no spacing), and one that is not a single JSON object is refused
+// here, before anything of it is kept.
+func requestFingerprint(r *http.Request, body []byte) (string, error) {
+	h := sha256.New()
+	h.Write([]byte(r.Method + " " + r.URL.Path + "\n"))
+	if len(bytes.TrimSpace(body)) > 0 {
+		if err := checkJSONType(r); err != nil {
+			return "", err
+		}
+		var m map[string]json.RawMessage
+		if err := decodeJSON(body, &m); err != nil {
+			return "", err
+		}
+		for k, v := range m {
+			if secretField(k) {
+				delete(m, k)
+				if string(v) != "null" {
+					v = json.RawMessage(`"secret"`)
+				}
+				m[strings.ToLower(k)] = v
+			}
+		}
+		canonical, err := json.Marshal(m)
+		if err != nil {
+			return "", err
+		}
+		h.Write(canonical)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// secretField reports whether a request body's key names a secret, matched
+// as encoding/json matches keys to fields: without regard to case.
+func secretField(key string) bool {
+	return strings.EqualFold(key, "password") || strings.EqualFold(key, "token")
+}
 
 // idNamespace derives the ids of resources a keyed request creates.
 var idNamespace = uuid.MustParse("6f1c2a4e-8d0b-4c59-9e57-3b2f0d7a9c11")

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"net/http"
 	"strconv"
 	"time"
 
@@ -44,7 +45,7 @@ func (m *metrics) count(next echo.HandlerFunc) echo.HandlerFunc {
 		if route == "" {
 			route = "unmatched"
 		}
-		m.requests.WithLabelValues(route, c.Request().Method, strconv.Itoa(status)).Inc()
+		m.requests.WithLabelValues(route, methodLabel(c.Request().Method), strconv.Itoa(status)).Inc()
 		return err
 	}
 }
@@ -70,4 +71,15 @@ func (m *metrics) command(name string) echo.MiddlewareFunc {
 func metricsHandler(g prometheus.Gatherer) echo.HandlerFunc {
 	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 	return echo.WrapHandler(h)
+}
+
+// methodLabel is a request's method as a metric label: any method HTTP
+// does not define is "other", so that clients cannot add series at will.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
 }

@@ -83,7 +83,7 @@ func NewServer(cmd *commands.Handler, q Queries, read ReadSide, opts Options) *S
 	s := &Server{cmd: cmd, q: q, read: read, opts: opts, log: log, echo: echo.New(), metrics: newMetrics(opts.Registry)}
 	s.echo.HideBanner, s.echo.HidePort = true, true
 	s.echo.HTTPErrorHandler = errorHandler(log)
-	s.echo.Use(middleware.RequestID())
+	s.echo.Use(dropBadRequestID, middleware.RequestID())
 	s.echo.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		log.ErrorContext(c.Request().Context(), "panic", "err", err, "stack", string(stack))
 		return err
@@ -190,6 +190,33 @@ func (s *Server) limitBody(next echo.HandlerFunc) echo.HandlerFunc {
 
 func requestID(c echo.Context) string {
 	return c.Response().Header().Get(echo.HeaderXRequestID)
+}
+
+// dropBadRequestID removes a client's X-Request-Id that is not a traceID,
+// so that the server makes one: the request id is echoed back and stored in
+// the metadata of every event the request appends, kept forever.
+func dropBadRequestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Request().Header
+		if v, ok := h[echo.HeaderXRequestID]; ok && (len(v) != 1 || !traceID(v[0])) {
+			h.Del(echo.HeaderXRequestID)
+		}
+		return next(c)
+	}
+}
+
+// traceID reports whether a client's request or correlation id may be
+// kept: 1 to 128 printable ASCII characters, no space.
+func traceID(v string) bool {
+	if v == "" || len(v) > 128 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] <= ' ' || v[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 func jsonEncode(w io.Writer, v any) error {

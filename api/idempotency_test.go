@@ -1,0 +1,76 @@
+package api
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func fingerprintOf(t *testing.T, method, path, body string) string {
+	t.Helper()
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	fp, err := requestFingerprint(r, []byte(body))
+	require.NoError(t, err, body)
+	return fp
+}
+
+// The fingerprint (kept, and the seed of a registration's user id, which
+// the log keeps) holds no fast hash of a secret: bodies that differ only
+// in a password or token, under any spelling of the key encoding/json
+// accepts, have one fingerprint; any other difference tells them apart.
+func TestFingerprintLeavesSecretsOut(t *testing.T) {
+	base := fingerprintOf(t, "POST", "/v1/users", `{"email":"a@b.co","name":"A","password":"correct horse"}`)
+	for _, body := range []string{
+		`{"email":"a@b.co","name":"A","password":"another one"}`,
+		`{"email":"a@b.co","name":"A","PassWord":"correct horse"}`,
+		` { "name" : "A", "password":"x",  "email":"a@b.co" } `,
+	} {
+		assert.Equal(t, base, fingerprintOf(t, "POST", "/v1/users", body), body)
+	}
+	for _, body := range []string{
+		`{"email":"b@b.co","name":"A","password":"correct horse"}`,
+		`{"email":"a@b.co","name":"A"}`,
+		`{"email":"a@b.co","name":"A","password":null}`,
+	} {
+		assert.NotEqual(t, base, fingerprintOf(t, "POST", "/v1/users", body), body)
+	}
+	assert.NotEqual(t, base, fingerprintOf(t, "PATCH", "/v1/users", `{"email":"a@b.co","name":"A","password":"correct horse"}`))
+
+	raw := `POST /v1/users` + "\n" + `{"email":"a@b.co","name":"A","password":"correct horse"}`
+	sum := sha256.Sum256([]byte(raw))
+	assert.NotEqual(t, hex.EncodeToString(sum[:]), base, "a plain hash of the body with its password")
+
+	tok := fingerprintOf(t, "POST", "/v1/activations", `{"token":"act_abc"}`)
+	assert.Equal(t, tok, fingerprintOf(t, "POST", "/v1/activations", `{"Token":"act_xyz"}`))
+	assert.Equal(t, fingerprintOf(t, "POST", "/x", ""), fingerprintOf(t, "POST", "/x", "  \n"))
+}
+
+// A keyed body that is not one JSON object is refused before anything of
+// it is kept, with the problem the command would have given.
+func TestFingerprintRefusesWhatCannotBeDecoded(t *testing.T) {
+	for body, code := range map[string]string{
+		`{"password":"secret"`: "malformed_json",
+		`[1]`:                  "invalid_type",
+		`{} {}`:                "malformed_json",
+	} {
+		r := httptest.NewRequest("POST", "/v1/users", strings.NewReader(body))
+		_, err := requestFingerprint(r, []byte(body))
+		var p *Problem
+		require.ErrorAs(t, err, &p, body)
+		assert.Equal(t, code, p.Code, body)
+		assert.Equal(t, http.StatusBadRequest, p.Status, body)
+	}
+	r := httptest.NewRequest("POST", "/v1/users", strings.NewReader(`{}`))
+	r.Header.Set("Content-Type", "text/plain")
+	_, err := requestFingerprint(r, []byte(`{}`))
+	var p *Problem
+	require.ErrorAs(t, err, &p)
+	assert.Equal(t, "unsupported_media_type", p.Code)
+}
