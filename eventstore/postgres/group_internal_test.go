@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -65,7 +66,7 @@ func TestGroupFailsEachAppendAlone(t *testing.T) {
 		newCall(ctx, one("fresh", 0, pair...), one("other", eventstore.Any)), // sees the first call's version
 		newCall(ctx, one("taken", 0), one("taken", 2)),                       // its second request is off by one
 	}
-	s.runGroup(calls)
+	s.runGroup(s.groupCtx, calls)
 	got := make([]callResult, len(calls))
 	for i, c := range calls {
 		got[i] = <-c.reply
@@ -118,7 +119,7 @@ func TestSetGroupWritesEveryKindOfAppend(t *testing.T) {
 		newCall(ctx, one("any-old", eventstore.Any), one("any-new", eventstore.Any, event(), event())),
 	}
 	require.NotNil(t, buildSetArgs(calls))
-	s.runGroup(calls)
+	s.runGroup(s.groupCtx, calls)
 	got := make([]callResult, len(calls))
 	for i, c := range calls {
 		got[i] = <-c.reply
@@ -182,7 +183,7 @@ func TestSetGroupDeclinesAndFailsEachAppendAlone(t *testing.T) {
 				require.NotNil(t, buildSetArgs(calls))
 				each := eachOK(calls)
 				assert.Equal(t, events == 1 && req.Expected != eventstore.Any, each, "written by appendEach")
-				s.runGroup(calls)
+				s.runGroup(s.groupCtx, calls)
 				ok, failed := <-calls[0].reply, <-calls[1].reply
 				if each && bad.want != errIDTaken {
 					assert.Equal(t, declined, s.declined.Load(), "appendEach answered the wrong version itself")
@@ -223,7 +224,7 @@ func TestGroupStatementFailureRetriesEachAlone(t *testing.T) {
 		newCall(ctx, one("bad", eventstore.NoStream, bad)),
 		newCall(ctx, one("after", eventstore.NoStream)),
 	}
-	s.runGroup(calls)
+	s.runGroup(s.groupCtx, calls)
 	require.NoError(t, (<-calls[0].reply).err)
 	assert.Error(t, (<-calls[1].reply).err)
 	require.NoError(t, (<-calls[2].reply).err)
@@ -360,8 +361,8 @@ func TestOppositeGroupsDoNotDeadlock(t *testing.T) {
 	ga := []*call{newCall(ctx, one("x", eventstore.Any)), newCall(ctx, one("w1", eventstore.Any)), newCall(ctx, one("y", eventstore.Any))}
 	gb := []*call{newCall(ctx, one("y", eventstore.Any)), newCall(ctx, one("w2", eventstore.Any)), newCall(ctx, one("x", eventstore.Any))}
 	var wg sync.WaitGroup
-	wg.Go(func() { a.runGroup(ga) })
-	wg.Go(func() { b.runGroup(gb) })
+	wg.Go(func() { a.runGroup(a.groupCtx, ga) })
+	wg.Go(func() { b.runGroup(b.groupCtx, gb) })
 	time.Sleep(200 * time.Millisecond) // both groups are waiting on w1 and w2
 	require.NoError(t, h1.Commit(ctx))
 	require.NoError(t, h2.Commit(ctx))
@@ -494,7 +495,7 @@ func TestGroupsOfManyStreamsFitTheLockTable(t *testing.T) {
 	} {
 		prefix := map[string]string{"set-based": "set-a", "evident_append": "fn-a"}[name]
 		calls := []*call{newCall(ctx, many(prefix, MaxAppendEvents)...), newCall(ctx, second...)}
-		s.runGroup(calls)
+		s.runGroup(s.groupCtx, calls)
 		for i, c := range calls {
 			require.NoError(t, (<-c.reply).err, "%s: call %d", name, i)
 		}
@@ -502,4 +503,53 @@ func TestGroupsOfManyStreamsFitTheLockTable(t *testing.T) {
 	n, err := s.Count(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, int64(4*MaxAppendEvents), n)
+}
+
+// A caller that finds a committer slot free runs its group itself, on its
+// own goroutine: no hand-off to a committer goroutine and back.
+func TestLoneAppendRunsOnItsCaller(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	var stack []byte
+	s.beforeCommit = func(context.Context) {
+		buf := make([]byte, 64<<10)
+		stack = buf[:runtime.Stack(buf, false)]
+	}
+	_, err := s.Append(t.Context(), one("lone", eventstore.NoStream))
+	require.NoError(t, err)
+	assert.Contains(t, string(stack), ".TestLoneAppendRunsOnItsCaller(", "the statement ran on the caller's goroutine")
+}
+
+// A caller running its group of one alone runs it under its own ctx: when
+// it gives up, the statement is cancelled and the caller is told the
+// outcome is unknown, rather than held until the statement ends.
+func TestLoneLeaderGivesUp(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	entered, cancelled := make(chan struct{}), make(chan bool, 1)
+	s.beforeCommit = func(ctx context.Context) {
+		close(entered)
+		select {
+		case <-ctx.Done():
+			cancelled <- true
+		case <-time.After(10 * time.Second): // not the caller's ctx: it would never end
+			cancelled <- false
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Append(ctx, one("given-up", eventstore.NoStream))
+		done <- err
+	}()
+	<-entered
+	cancel()
+	require.True(t, <-cancelled, "the statement ran under the caller's ctx")
+	err := <-done
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Contains(t, err.Error(), "outcome unknown")
+
+	evs, err := s.ReadStream(t.Context(), "given-up", 0)
+	require.NoError(t, err)
+	assert.Empty(t, evs, "cancelled before COMMIT: nothing written")
 }
