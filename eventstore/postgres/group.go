@@ -74,6 +74,10 @@ type call struct {
 type callResult struct {
 	res eventstore.AppendResult
 	err error // errIDTaken when an event id is in the log: Append decides retry or misuse
+	// fresh: err is ErrWrongVersion and the append's first event id was
+	// not in the log when it was found to fail, so it is no retry of an
+	// append already written and Append need not look for one.
+	fresh bool
 }
 
 func payload(reqs []eventstore.AppendRequest) int {
@@ -177,27 +181,83 @@ func (s *Store) commit() {
 	}
 }
 
-// next takes the next group off the queue: its head, up to maxGroupCalls
-// calls or maxGroupBytes of payload. When the queue is empty it returns
-// nil, and the committer that asked is done.
+// next takes the next group off the queue: calls from its head, up to
+// maxGroupCalls calls or maxGroupBytes of payload, leaving for a later group
+// each call that names a stream an earlier call of the group names. A group
+// whose calls name each stream once is written set-based; one naming a
+// stream twice would go through evident_append, call by call. (A call that
+// names a stream twice itself still does.) The calls left keep their order,
+// so a stream's appends are still sent in the order they came. When the
+// queue is empty it returns nil, and the committer that asked is done.
 func (s *Store) next() []*call {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
-	n, size := 0, 0
-	for n < len(s.queue) && n < maxGroupCalls && (n == 0 || size+s.queue[n].size <= maxGroupBytes) {
-		size += s.queue[n].size
-		n++
-	}
-	if n == 0 {
+	if len(s.queue) == 0 {
 		s.committers--
 		s.commitWG.Done()
 		return nil
 	}
-	group := slices.Clone(s.queue[:n])
-	s.queue = slices.Delete(s.queue, 0, n)
+	var (
+		group []*call
+		left  = s.queue[:0] // the calls that stay, in place
+		named streamSet
+		size  int
+	)
+	for i, c := range s.queue {
+		if len(group) == maxGroupCalls || len(group) > 0 && size+c.size > maxGroupBytes {
+			left = append(left, s.queue[i:]...)
+			break
+		}
+		if len(group) > 0 && named.any(c.reqs) {
+			left = append(left, c)
+			continue
+		}
+		named.add(c.reqs)
+		group = append(group, c)
+		size += c.size
+	}
+	clear(s.queue[len(left):])
+	s.queue = left
 	s.groups.Add(1)
-	s.grouped.Add(int64(n))
+	s.grouped.Add(int64(len(group)))
 	return group
+}
+
+// streamSet is the streams a group names so far. Groups are small: up to a
+// few dozen names, a look at each costs less than a map, which it only
+// takes past that.
+type streamSet struct {
+	names []string
+	m     map[string]bool
+}
+
+func (n *streamSet) any(reqs []eventstore.AppendRequest) bool {
+	for _, r := range reqs {
+		if n.m != nil {
+			if n.m[r.Stream] {
+				return true
+			}
+		} else if slices.Contains(n.names, r.Stream) {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *streamSet) add(reqs []eventstore.AppendRequest) {
+	for _, r := range reqs {
+		if n.m == nil && len(n.names) < 32 {
+			n.names = append(n.names, r.Stream)
+			continue
+		}
+		if n.m == nil {
+			n.m = make(map[string]bool, 2*len(n.names))
+			for _, x := range n.names {
+				n.m[x] = true
+			}
+		}
+		n.m[r.Stream] = true
+	}
 }
 
 // runGroup writes group under ctx and answers every call in it.

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -552,4 +555,78 @@ func TestLoneLeaderGivesUp(t *testing.T) {
 	evs, err := s.ReadStream(t.Context(), "given-up", 0)
 	require.NoError(t, err)
 	assert.Empty(t, evs, "cancelled before COMMIT: nothing written")
+}
+
+// retryLookups counts the statements with which Append looks for an
+// earlier write of a failed append.
+type retryLookups struct{ n atomic.Int64 }
+
+func (r *retryLookups) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(data.SQL, "WHERE event_id = ANY") {
+		r.n.Add(1)
+	}
+	return ctx
+}
+
+func (r *retryLookups) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// An append of one event that fails on its expected version costs one
+// read after its statement, which says where the stream is and that the
+// append is no retry: Append does not look again. A retry of an append
+// already written is still answered with the earlier result.
+func TestWrongVersionLooksOnce(t *testing.T) {
+	t.Parallel()
+	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
+	require.NoError(t, err)
+	cfg.MaxConns = 4
+	lookups := &retryLookups{}
+	cfg.ConnConfig.Tracer = lookups
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	s, err := New(context.Background(), pool)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := t.Context()
+
+	first := one("looked", eventstore.NoStream)
+	earlier, err := s.Append(ctx, first)
+	require.NoError(t, err)
+
+	_, err = s.Append(ctx, one("looked", eventstore.NoStream))
+	require.ErrorIs(t, err, eventstore.ErrWrongVersion)
+	assert.Contains(t, err.Error(), "expected no stream, the stream exists")
+	_, err = s.Append(ctx, one("looked", 3))
+	require.ErrorIs(t, err, eventstore.ErrWrongVersion)
+	assert.Contains(t, err.Error(), "expected version 3, the stream is at 0")
+	assert.Zero(t, lookups.n.Load(), "no second look for an earlier write")
+
+	again, err := s.Append(ctx, first)
+	require.NoError(t, err, "a retry of a written append")
+	assert.Equal(t, earlier, again)
+}
+
+// A call naming a stream that an earlier call of the group names waits for
+// the next group, so that groups stay set-based; the calls left keep their
+// order.
+func TestGroupNamesEachStreamOnce(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	a, b, c := newCall(t.Context(), one("s", 0)), newCall(t.Context(), one("s", 0)), newCall(t.Context(), one("t", 0))
+	d := newCall(t.Context(), one("u", 0), one("t", 0))
+	e, f := newCall(t.Context(), one("s", 1)), newCall(t.Context(), one("v", 0))
+	s.qmu.Lock()
+	s.queue = []*call{a, b, c, d, e, f}
+	s.committers++
+	s.commitWG.Add(1)
+	s.qmu.Unlock()
+
+	assert.Equal(t, []*call{a, c, f}, s.next())
+	assert.Equal(t, []*call{b, d}, s.next())
+	assert.Equal(t, []*call{e}, s.next())
+	assert.Nil(t, s.next())
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	assert.Empty(t, s.queue)
+	assert.Zero(t, s.committers)
 }
