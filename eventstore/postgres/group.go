@@ -151,7 +151,7 @@ func (s *Store) lead(c *call) {
 	for len(c.reply) == 0 {
 		group := s.next()
 		if group == nil {
-			return // c was in a group another committer took and answered
+			return // another committer took c's group
 		}
 		ctx := s.groupCtx
 		if len(group) == 1 && group[0] == c {
