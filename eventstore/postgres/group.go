@@ -35,15 +35,28 @@ import (
 //
 // Up to maxCommitters groups are in flight at once, each on its own pooled
 // connection, so that one group's flush overlaps the next group's work (the
-// server shares WAL flushes between them too). There is no timer: a lone
-// writer finds an idle committer and gets a group of one, at the latency of
-// a plain one-statement transaction.
+// server shares WAL flushes between them too). Two are enough for that
+// overlap; more only make groups smaller. Every statement costs the server
+// and the client a round trip, a transaction and a commit whatever it
+// carries, which on a machine whose cores the server shares is what bounds
+// throughput: with four in flight, eight writers got groups of barely more
+// than one append each, and paid about that per append.
+//
+// There is no timer and no committer goroutine waiting for work: a caller
+// that finds fewer than maxCommitters groups in flight leads, that is, takes
+// the next group (its own call with whatever was queued before and with it)
+// and runs it itself, on its own goroutine; the others' calls are answered
+// over their channels. A lone writer thus gets a group of one, at the
+// latency of a plain one-statement transaction, with no hand-off to another
+// goroutine and back. Calls queued behind a leader's group are taken by a
+// committer goroutine it starts in its place once its own call is answered
+// (see lead).
 //
 // If a group's evident_append fails as a whole (a deadlock with another
 // writer, a lost connection), each of its appends is retried alone, so no
 // append can fail because of another one.
 const (
-	maxCommitters = 4
+	maxCommitters = 2
 	maxGroupCalls = 32 // each call is a subtransaction; PostgreSQL caches 64 per transaction
 	maxGroupBytes = 4 << 20
 	// notifyEvery is the shortest time between two NOTIFYs (see notifier).
@@ -61,6 +74,10 @@ type call struct {
 type callResult struct {
 	res eventstore.AppendResult
 	err error // errIDTaken when an event id is in the log: Append decides retry or misuse
+	// fresh: err is ErrWrongVersion and the append's first event id was
+	// not in the log when it was found to fail, so it is no retry of an
+	// append already written and Append need not look for one.
+	fresh bool
 }
 
 func payload(reqs []eventstore.AppendRequest) int {
@@ -73,10 +90,10 @@ func payload(reqs []eventstore.AppendRequest) int {
 	return n
 }
 
-// submit queues reqs, starts a committer if fewer than maxCommitters run,
-// and waits for the outcome. When ctx ends while the call is still queued,
-// it is withdrawn and nothing is written; once its group has been sent the
-// outcome is unknown, and the error says so.
+// submit queues reqs and, if fewer than maxCommitters groups are in flight,
+// leads (see lead); else it waits for a committer to answer. When ctx ends
+// while the call is still queued, it is withdrawn and nothing is written;
+// once its group has been sent the outcome is unknown, and the error says so.
 func (s *Store) submit(ctx context.Context, reqs []eventstore.AppendRequest) callResult {
 	c := &call{ctx: ctx, reqs: reqs, size: payload(reqs), reply: make(chan callResult, 1)}
 	s.qmu.Lock()
@@ -89,12 +106,24 @@ func (s *Store) submit(ctx context.Context, reqs []eventstore.AppendRequest) cal
 		s.notifying = true
 		go s.notifier()
 	}
-	if s.committers < maxCommitters {
+	leads := s.committers < maxCommitters
+	if leads {
 		s.committers++
 		s.commitWG.Add(1)
-		go s.commit()
 	}
 	s.qmu.Unlock()
+	if leads {
+		s.lead(c)
+		if len(c.reply) > 0 {
+			r := <-c.reply
+			if r.err != nil && ctx.Err() != nil && errors.Is(r.err, ctx.Err()) {
+				// Its group was c alone, cancelled with ctx.
+				r.err = fmt.Errorf("postgres eventstore: append sent, outcome unknown (retrying the same append is safe): %w", r.err)
+			}
+			return r
+		}
+		// Another committer took c's group: wait for it as below.
+	}
 
 	select {
 	case r := <-c.reply:
@@ -111,34 +140,129 @@ func (s *Store) submit(ctx context.Context, reqs []eventstore.AppendRequest) cal
 	return callResult{err: fmt.Errorf("postgres eventstore: append sent, outcome unknown (retrying the same append is safe): %w", ctx.Err())}
 }
 
+// lead runs groups, as a committer, until c is answered: c's own group
+// first, unless more than a group's worth was queued before it. A group of
+// c alone runs under c's ctx, so that a caller that gives up is not held
+// up by its statement (whose outcome is then unknown); a group that
+// carries other calls runs to its end whatever c's ctx does, as in a
+// committer. If calls are queued once c is answered, a committer goroutine
+// takes them in c's place.
+func (s *Store) lead(c *call) {
+	for len(c.reply) == 0 {
+		group := s.next()
+		if group == nil {
+			return // another committer took c's group
+		}
+		ctx := s.groupCtx
+		if len(group) == 1 && group[0] == c {
+			ctx = c.ctx
+		}
+		s.runGroup(ctx, group)
+	}
+	s.qmu.Lock()
+	if len(s.queue) == 0 {
+		s.committers--
+		s.qmu.Unlock()
+		s.commitWG.Done()
+		return
+	}
+	s.qmu.Unlock()
+	go s.commit()
+}
+
 // commit runs groups until the queue is empty.
 func (s *Store) commit() {
-	defer s.commitWG.Done()
 	for {
-		s.qmu.Lock()
-		n, size := 0, 0
-		for n < len(s.queue) && n < maxGroupCalls && (n == 0 || size+s.queue[n].size <= maxGroupBytes) {
-			size += s.queue[n].size
-			n++
-		}
-		if n == 0 {
-			s.committers--
-			s.qmu.Unlock()
+		group := s.next()
+		if group == nil {
 			return
 		}
-		group := slices.Clone(s.queue[:n])
-		s.queue = slices.Delete(s.queue, 0, n)
-		s.qmu.Unlock()
-
-		s.groups.Add(1)
-		s.grouped.Add(int64(len(group)))
-		s.runGroup(group)
+		s.runGroup(s.groupCtx, group)
 	}
 }
 
-// runGroup writes group and answers every call in it.
-func (s *Store) runGroup(group []*call) {
-	results, err := s.writeGroup(s.groupCtx, group)
+// next takes the next group off the queue: calls from its head, up to
+// maxGroupCalls calls or maxGroupBytes of payload, leaving for a later group
+// each call that names a stream an earlier call of the group names. A group
+// whose calls name each stream once is written set-based; one naming a
+// stream twice would go through evident_append, call by call. (A call that
+// names a stream twice itself still does.) The calls left keep their order,
+// so a stream's appends are still sent in the order they came. When the
+// queue is empty it returns nil, and the committer that asked is done.
+func (s *Store) next() []*call {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if len(s.queue) == 0 {
+		s.committers--
+		s.commitWG.Done()
+		return nil
+	}
+	var (
+		group []*call
+		left  = s.queue[:0] // the calls that stay, in place
+		named streamSet
+		size  int
+	)
+	for i, c := range s.queue {
+		if len(group) == maxGroupCalls || len(group) > 0 && size+c.size > maxGroupBytes {
+			left = append(left, s.queue[i:]...)
+			break
+		}
+		if len(group) > 0 && named.any(c.reqs) {
+			left = append(left, c)
+			continue
+		}
+		named.add(c.reqs)
+		group = append(group, c)
+		size += c.size
+	}
+	clear(s.queue[len(left):])
+	s.queue = left
+	s.groups.Add(1)
+	s.grouped.Add(int64(len(group)))
+	return group
+}
+
+// streamSet is the streams a group names so far. Groups are small: up to a
+// few dozen names, a look at each costs less than a map, which it only
+// takes past that.
+type streamSet struct {
+	names []string
+	m     map[string]bool
+}
+
+func (n *streamSet) any(reqs []eventstore.AppendRequest) bool {
+	for _, r := range reqs {
+		if n.m != nil {
+			if n.m[r.Stream] {
+				return true
+			}
+		} else if slices.Contains(n.names, r.Stream) {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *streamSet) add(reqs []eventstore.AppendRequest) {
+	for _, r := range reqs {
+		if n.m == nil && len(n.names) < 32 {
+			n.names = append(n.names, r.Stream)
+			continue
+		}
+		if n.m == nil {
+			n.m = make(map[string]bool, 2*len(n.names))
+			for _, x := range n.names {
+				n.m[x] = true
+			}
+		}
+		n.m[r.Stream] = true
+	}
+}
+
+// runGroup writes group under ctx and answers every call in it.
+func (s *Store) runGroup(ctx context.Context, group []*call) {
+	results, err := s.writeGroup(ctx, group)
 	if err == nil {
 		s.committed()
 		for i, c := range group {

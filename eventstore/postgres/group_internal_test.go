@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -65,7 +69,7 @@ func TestGroupFailsEachAppendAlone(t *testing.T) {
 		newCall(ctx, one("fresh", 0, pair...), one("other", eventstore.Any)), // sees the first call's version
 		newCall(ctx, one("taken", 0), one("taken", 2)),                       // its second request is off by one
 	}
-	s.runGroup(calls)
+	s.runGroup(s.groupCtx, calls)
 	got := make([]callResult, len(calls))
 	for i, c := range calls {
 		got[i] = <-c.reply
@@ -118,7 +122,7 @@ func TestSetGroupWritesEveryKindOfAppend(t *testing.T) {
 		newCall(ctx, one("any-old", eventstore.Any), one("any-new", eventstore.Any, event(), event())),
 	}
 	require.NotNil(t, buildSetArgs(calls))
-	s.runGroup(calls)
+	s.runGroup(s.groupCtx, calls)
 	got := make([]callResult, len(calls))
 	for i, c := range calls {
 		got[i] = <-c.reply
@@ -182,7 +186,7 @@ func TestSetGroupDeclinesAndFailsEachAppendAlone(t *testing.T) {
 				require.NotNil(t, buildSetArgs(calls))
 				each := eachOK(calls)
 				assert.Equal(t, events == 1 && req.Expected != eventstore.Any, each, "written by appendEach")
-				s.runGroup(calls)
+				s.runGroup(s.groupCtx, calls)
 				ok, failed := <-calls[0].reply, <-calls[1].reply
 				if each && bad.want != errIDTaken {
 					assert.Equal(t, declined, s.declined.Load(), "appendEach answered the wrong version itself")
@@ -223,7 +227,7 @@ func TestGroupStatementFailureRetriesEachAlone(t *testing.T) {
 		newCall(ctx, one("bad", eventstore.NoStream, bad)),
 		newCall(ctx, one("after", eventstore.NoStream)),
 	}
-	s.runGroup(calls)
+	s.runGroup(s.groupCtx, calls)
 	require.NoError(t, (<-calls[0].reply).err)
 	assert.Error(t, (<-calls[1].reply).err)
 	require.NoError(t, (<-calls[2].reply).err)
@@ -360,8 +364,8 @@ func TestOppositeGroupsDoNotDeadlock(t *testing.T) {
 	ga := []*call{newCall(ctx, one("x", eventstore.Any)), newCall(ctx, one("w1", eventstore.Any)), newCall(ctx, one("y", eventstore.Any))}
 	gb := []*call{newCall(ctx, one("y", eventstore.Any)), newCall(ctx, one("w2", eventstore.Any)), newCall(ctx, one("x", eventstore.Any))}
 	var wg sync.WaitGroup
-	wg.Go(func() { a.runGroup(ga) })
-	wg.Go(func() { b.runGroup(gb) })
+	wg.Go(func() { a.runGroup(a.groupCtx, ga) })
+	wg.Go(func() { b.runGroup(b.groupCtx, gb) })
 	time.Sleep(200 * time.Millisecond) // both groups are waiting on w1 and w2
 	require.NoError(t, h1.Commit(ctx))
 	require.NoError(t, h2.Commit(ctx))
@@ -494,7 +498,7 @@ func TestGroupsOfManyStreamsFitTheLockTable(t *testing.T) {
 	} {
 		prefix := map[string]string{"set-based": "set-a", "evident_append": "fn-a"}[name]
 		calls := []*call{newCall(ctx, many(prefix, MaxAppendEvents)...), newCall(ctx, second...)}
-		s.runGroup(calls)
+		s.runGroup(s.groupCtx, calls)
 		for i, c := range calls {
 			require.NoError(t, (<-c.reply).err, "%s: call %d", name, i)
 		}
@@ -502,4 +506,127 @@ func TestGroupsOfManyStreamsFitTheLockTable(t *testing.T) {
 	n, err := s.Count(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, int64(4*MaxAppendEvents), n)
+}
+
+// A caller that finds a committer slot free runs its group itself, on its
+// own goroutine: no hand-off to a committer goroutine and back.
+func TestLoneAppendRunsOnItsCaller(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	var stack []byte
+	s.beforeCommit = func(context.Context) {
+		buf := make([]byte, 64<<10)
+		stack = buf[:runtime.Stack(buf, false)]
+	}
+	_, err := s.Append(t.Context(), one("lone", eventstore.NoStream))
+	require.NoError(t, err)
+	assert.Contains(t, string(stack), ".TestLoneAppendRunsOnItsCaller(", "the statement ran on the caller's goroutine")
+}
+
+// A caller running its group of one alone runs it under its own ctx: when
+// it gives up, the statement is cancelled and the caller is told the
+// outcome is unknown, rather than held until the statement ends.
+func TestLoneLeaderGivesUp(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	entered, cancelled := make(chan struct{}), make(chan bool, 1)
+	s.beforeCommit = func(ctx context.Context) {
+		close(entered)
+		select {
+		case <-ctx.Done():
+			cancelled <- true
+		case <-time.After(10 * time.Second): // not the caller's ctx: it would never end
+			cancelled <- false
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Append(ctx, one("given-up", eventstore.NoStream))
+		done <- err
+	}()
+	<-entered
+	cancel()
+	require.True(t, <-cancelled, "the statement ran under the caller's ctx")
+	err := <-done
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Contains(t, err.Error(), "outcome unknown")
+
+	evs, err := s.ReadStream(t.Context(), "given-up", 0)
+	require.NoError(t, err)
+	assert.Empty(t, evs, "cancelled before COMMIT: nothing written")
+}
+
+// retryLookups counts the statements with which Append looks for an
+// earlier write of a failed append.
+type retryLookups struct{ n atomic.Int64 }
+
+func (r *retryLookups) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(data.SQL, "WHERE event_id = ANY") {
+		r.n.Add(1)
+	}
+	return ctx
+}
+
+func (r *retryLookups) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// An append of one event that fails on its expected version costs one
+// read after its statement, which says where the stream is and that the
+// append is no retry: Append does not look again. A retry of an append
+// already written is still answered with the earlier result.
+func TestWrongVersionLooksOnce(t *testing.T) {
+	t.Parallel()
+	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
+	require.NoError(t, err)
+	cfg.MaxConns = 4
+	lookups := &retryLookups{}
+	cfg.ConnConfig.Tracer = lookups
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	s, err := New(context.Background(), pool)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := t.Context()
+
+	first := one("looked", eventstore.NoStream)
+	earlier, err := s.Append(ctx, first)
+	require.NoError(t, err)
+
+	_, err = s.Append(ctx, one("looked", eventstore.NoStream))
+	require.ErrorIs(t, err, eventstore.ErrWrongVersion)
+	assert.Contains(t, err.Error(), "expected no stream, the stream exists")
+	_, err = s.Append(ctx, one("looked", 3))
+	require.ErrorIs(t, err, eventstore.ErrWrongVersion)
+	assert.Contains(t, err.Error(), "expected version 3, the stream is at 0")
+	assert.Zero(t, lookups.n.Load(), "no second look for an earlier write")
+
+	again, err := s.Append(ctx, first)
+	require.NoError(t, err, "a retry of a written append")
+	assert.Equal(t, earlier, again)
+}
+
+// A call naming a stream that an earlier call of the group names waits for
+// the next group, so that groups stay set-based; the calls left keep their
+// order.
+func TestGroupNamesEachStreamOnce(t *testing.T) {
+	t.Parallel()
+	s := internalStore(t, 4)
+	a, b, c := newCall(t.Context(), one("s", 0)), newCall(t.Context(), one("s", 0)), newCall(t.Context(), one("t", 0))
+	d := newCall(t.Context(), one("u", 0), one("t", 0))
+	e, f := newCall(t.Context(), one("s", 1)), newCall(t.Context(), one("v", 0))
+	s.qmu.Lock()
+	s.queue = []*call{a, b, c, d, e, f}
+	s.committers++
+	s.commitWG.Add(1)
+	s.qmu.Unlock()
+
+	assert.Equal(t, []*call{a, c, f}, s.next())
+	assert.Equal(t, []*call{b, d}, s.next())
+	assert.Equal(t, []*call{e}, s.next())
+	assert.Nil(t, s.next())
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	assert.Empty(t, s.queue)
+	assert.Zero(t, s.committers)
 }

@@ -59,7 +59,7 @@ func TestMigratesForwardFromStreamsTable(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []int64{2, 1}, res.Versions)
 	calls := []*call{newCall(ctx, one("a", 2)), newCall(ctx, one("a", 3))} // names "a" twice: evident_append
-	s.runGroup(calls)
+	s.runGroup(s.groupCtx, calls)
 	for _, c := range calls {
 		require.NoError(t, (<-c.reply).err)
 	}

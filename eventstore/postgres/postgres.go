@@ -330,7 +330,7 @@ func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (e
 		return r.res, nil
 	}
 	err := r.err
-	if !errors.Is(err, eventstore.ErrWrongVersion) && !errors.Is(err, errIDTaken) {
+	if r.fresh || !errors.Is(err, eventstore.ErrWrongVersion) && !errors.Is(err, errIDTaken) {
 		return eventstore.AppendResult{}, err
 	}
 	earlier, found, lerr := s.earlierResult(ctx, reqs)

@@ -232,7 +232,9 @@ func eachOK(group []*call) bool {
 
 // writeEach runs appendEach for group, a's arguments. The appends whose
 // row was not written fail with ErrWrongVersion, saying where their stream
-// is as of one more read.
+// is as of one more read; that read also says whether their event id is in
+// the log, so that Append need not look again for an earlier write of the
+// same append (see callResult.fresh).
 func (s *Store) writeEach(ctx context.Context, group []*call, a *setArgs) ([]callResult, error) {
 	type written struct{ tx, seq int64 }
 	got := make(map[[16]byte]written, len(group))
@@ -255,12 +257,16 @@ func (s *Store) writeEach(ctx context.Context, group []*call, a *setArgs) ([]cal
 		return nil, err
 	}
 	out := make([]callResult, len(group))
-	var missed []string
+	var (
+		missed []string
+		ids    pgtype.FlatArray[pgtype.UUID]
+	)
 	for i, c := range group {
 		r := c.reqs[0]
 		w, ok := got[r.Events[0].ID]
 		if !ok {
 			missed = append(missed, r.Stream)
+			ids = append(ids, pgtype.UUID{Bytes: r.Events[0].ID, Valid: true})
 			continue
 		}
 		out[i] = callResult{res: eventstore.AppendResult{
@@ -271,46 +277,68 @@ func (s *Store) writeEach(ctx context.Context, group []*call, a *setArgs) ([]cal
 	if len(missed) == 0 {
 		return out, nil
 	}
-	at, err := s.versions(ctx, missed)
+	at, err := s.missed(ctx, missed, ids)
 	if err != nil {
 		at = nil // the appends failed all the same; the message says less
 	}
+	j := 0
 	for i, c := range group {
 		r := c.reqs[0]
 		if _, ok := got[r.Events[0].ID]; ok {
 			continue
 		}
-		var why string
-		v, known := at[r.Stream]
+		var (
+			why string
+			m   missedAt
+		)
+		if at != nil {
+			m = at[j]
+		}
+		j++
 		switch {
 		case r.Expected == eventstore.NoStream:
 			why = "expected no stream, the stream exists"
 		case at == nil:
 			why = fmt.Sprintf("expected version %d, the stream is elsewhere", r.Expected)
-		case !known:
+		case m.version == nil:
 			why = fmt.Sprintf("expected version %d, the stream is at no stream", r.Expected)
 		default:
-			why = fmt.Sprintf("expected version %d, the stream is at %d", r.Expected, v)
+			why = fmt.Sprintf("expected version %d, the stream is at %d", r.Expected, *m.version)
 		}
-		out[i] = callResult{err: fmt.Errorf("postgres eventstore: append to %q: %s: %w", r.Stream, why, eventstore.ErrWrongVersion)}
+		out[i] = callResult{
+			err:   fmt.Errorf("postgres eventstore: append to %q: %s: %w", r.Stream, why, eventstore.ErrWrongVersion),
+			fresh: at != nil && !m.idTaken,
+		}
 	}
 	return out, nil
 }
 
-// versions returns the latest version of each of streams that exists.
-func (s *Store) versions(ctx context.Context, streams []string) (map[string]int64, error) {
-	rows, err := s.pool.Query(ctx, `SELECT stream, max(version) FROM events WHERE stream = ANY($1) GROUP BY stream`, streams)
+// missedAt is where an append's stream is once its row was not written, and
+// whether its event id is in the log.
+type missedAt struct {
+	version *int64 // nil: no stream
+	idTaken bool
+}
+
+// missed reads, for each of streams and its append's event id in ids, the
+// stream's latest version and whether the id is in the log: one row each,
+// in order.
+func (s *Store) missed(ctx context.Context, streams []string, ids pgtype.FlatArray[pgtype.UUID]) ([]missedAt, error) {
+	rows, err := s.pool.Query(ctx, `SELECT (SELECT max(e.version) FROM events AS e WHERE e.stream = m.stream),
+	EXISTS (SELECT FROM events AS e WHERE e.event_id = m.id)
+FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS m(stream, id, i) ORDER BY m.i`, streams, ids)
 	if err != nil {
 		return nil, err
 	}
-	at := make(map[string]int64, len(streams))
-	var (
-		stream string
-		v      int64
-	)
-	_, err = pgx.ForEachRow(rows, []any{&stream, &v}, func() error {
-		at[stream] = v
+	out := make([]missedAt, 0, len(streams))
+	var m missedAt
+	_, err = pgx.ForEachRow(rows, []any{&m.version, &m.idTaken}, func() error {
+		out = append(out, m)
+		m = missedAt{}
 		return nil
 	})
-	return at, err
+	if err == nil && len(out) != len(streams) {
+		err = fmt.Errorf("postgres eventstore: %d rows for %d streams", len(out), len(streams))
+	}
+	return out, err
 }
