@@ -51,7 +51,7 @@ func TestHeldBackReaderGoesOnWhenItsProcessCommits(t *testing.T) {
 	s, err := New(context.Background(), pool)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
-	s.maxHoldPause = 200 * time.Millisecond
+	s.maxHoldPause = time.Second
 	ctx := t.Context()
 
 	for trial := range 3 {
@@ -83,9 +83,12 @@ func TestHeldBackReaderGoesOnWhenItsProcessCommits(t *testing.T) {
 			require.NoError(t, err)
 			read <- evs
 		}()
-		// After eight looks the next pause is 64 ms; the append is let
-		// go to commit just after the eighth.
-		for range 8 {
+		// The pauses between looks double from 0.5 ms: after nine looks
+		// (255 ms) the next is 256 ms, still within holdBackWait. The
+		// append is let go to commit just after the ninth: a reader that
+		// waits for its next look returns 256 ms later, one woken by the
+		// commit at once, so half of that tells them apart on a busy machine.
+		for range 9 {
 			<-polls
 		}
 		close(release)
@@ -93,7 +96,7 @@ func TestHeldBackReaderGoesOnWhenItsProcessCommits(t *testing.T) {
 		readAt := time.Now()
 		require.NoError(t, <-done)
 		require.NotEmpty(t, evs, "the committed append is read once the running one has ended")
-		assert.Less(t, readAt.Sub(committed), 40*time.Millisecond, "from the commit to the read")
+		assert.Less(t, readAt.Sub(committed), 128*time.Millisecond, "from the commit to the read")
 	}
 	s.beforeCommit = nil
 }
