@@ -88,18 +88,16 @@ func (s *Server) listSessions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	openOnly := false
-	switch c.QueryParam("status") {
-	case "":
-	case "open":
-		openOnly = true
+	status := c.QueryParam("status")
+	switch status {
+	case "", "open", "expired", "logged_out", "revoked":
 	default:
-		return badParam("status", "may only be open")
+		return badParam("status", "must be one of open, expired, logged_out, revoked")
 	}
 	if err := s.caughtUp(c); err != nil {
 		return err
 	}
-	page, err := s.q.Sessions(c.Request().Context(), id, openOnly, c.QueryParam("cursor"), limit)
+	page, err := s.q.Sessions(c.Request().Context(), id, status, c.QueryParam("cursor"), limit)
 	if err != nil {
 		return err
 	}

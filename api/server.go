@@ -22,7 +22,7 @@ import (
 type Queries interface {
 	User(ctx context.Context, id uuid.UUID) (readmodels.User, error)
 	Users(ctx context.Context, f readmodels.UserFilter) (readmodels.Page[readmodels.User], error)
-	Sessions(ctx context.Context, userID uuid.UUID, openOnly bool, cursor string, limit int) (readmodels.Page[readmodels.Session], error)
+	Sessions(ctx context.Context, userID uuid.UUID, status, cursor string, limit int) (readmodels.Page[readmodels.Session], error)
 	ActivationTokens(ctx context.Context, userID uuid.UUID, cursor string, limit int) (readmodels.Page[readmodels.ActivationToken], error)
 	Audit(ctx context.Context, f readmodels.AuditFilter) (readmodels.Page[readmodels.AuditRecord], error)
 	BeginIdempotent(ctx context.Context, scope, key, fingerprint string) (*readmodels.IdempotentResponse, error)

@@ -111,7 +111,7 @@ func testSessionsProjection(t *testing.T, dialect string) {
 	e.append(t, sessionStream(s1), session.Revoked{SessionID: s1, UserID: uid, Reason: "revoked", RevokedBy: "admin"})
 	e.applyAll(t, projections.Sessions())
 
-	p, err := e.rm.Sessions(ctx, uid, false, "", 0)
+	p, err := e.rm.Sessions(ctx, uid, "", "", 0)
 	require.NoError(t, err)
 	got := map[uuid.UUID]readmodels.Session{}
 	for _, s := range p.Items {

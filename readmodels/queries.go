@@ -172,16 +172,26 @@ func scanSessions(rows *sql.Rows, err error) ([]Session, error) {
 }
 
 // Sessions lists a user's sessions, newest first. A session that is open but
-// past its expiry is shown as expired, and openOnly leaves it out. A
+// past its expiry is shown as expired. status, when not empty, keeps the
+// sessions in that status as they read now: open (and not past expiry),
+// expired (recorded, or open past expiry), logged_out or revoked. A
 // malformed cursor is ErrBadCursor.
-func (s *Store) Sessions(ctx context.Context, userID uuid.UUID, openOnly bool, cursor string, limit int) (Page[Session], error) {
+func (s *Store) Sessions(ctx context.Context, userID uuid.UUID, status, cursor string, limit int) (Page[Session], error) {
 	limit = pageLimit(limit)
 	now := s.now()
 	var a args
 	cols := sessionColumns(&a, now)
 	where := []string{"user_id = " + a.add(userID.String())}
-	if openOnly {
+	switch status {
+	case "":
+	case "open":
 		where = append(where, "status = 'open'", "expires_at > "+a.add(micros(now)))
+	case "expired":
+		where = append(where, "(status = 'expired' OR (status = 'open' AND expires_at <= "+a.add(micros(now))+"))")
+	case "logged_out", "revoked":
+		where = append(where, "status = "+a.add(status))
+	default:
+		return Page[Session]{}, fmt.Errorf("readmodels: no session status %q", status)
 	}
 	if cursor != "" {
 		c, err := decodeCursor(cursor, 2)

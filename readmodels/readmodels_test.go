@@ -148,7 +148,7 @@ func testSessionsShowExpiryAtQueryTime(t *testing.T, dialect string) {
 		return nil
 	})
 
-	all, err := rm.Sessions(ctx, userID, false, "", 0)
+	all, err := rm.Sessions(ctx, userID, "", "", 0)
 	require.NoError(t, err)
 	require.Len(t, all.Items, 3)
 	assert.Equal(t, out, all.Items[0], "newest first")
@@ -156,16 +156,27 @@ func testSessionsShowExpiryAtQueryTime(t *testing.T, dialect string) {
 	assert.Equal(t, stale.ID, all.Items[1].ID)
 	assert.Equal(t, open, all.Items[2])
 
-	openOnly, err := rm.Sessions(ctx, userID, true, "", 0)
+	openOnly, err := rm.Sessions(ctx, userID, "open", "", 0)
 	require.NoError(t, err)
 	require.Len(t, openOnly.Items, 1)
 	assert.Equal(t, open.ID, openOnly.Items[0].ID)
 
-	p1, err := rm.Sessions(ctx, userID, false, "", 2)
+	for status, want := range map[string][]uuid.UUID{"expired": {stale.ID}, "logged_out": {out.ID}, "revoked": nil} {
+		p, err := rm.Sessions(ctx, userID, status, "", 0)
+		require.NoError(t, err)
+		var got []uuid.UUID
+		for _, s := range p.Items {
+			got = append(got, s.ID)
+			assert.Equal(t, status, s.Status)
+		}
+		assert.Equal(t, want, got, status)
+	}
+
+	p1, err := rm.Sessions(ctx, userID, "", "", 2)
 	require.NoError(t, err)
 	require.Len(t, p1.Items, 2)
 	require.NotEmpty(t, p1.NextCursor)
-	p2, err := rm.Sessions(ctx, userID, false, p1.NextCursor, 2)
+	p2, err := rm.Sessions(ctx, userID, "", p1.NextCursor, 2)
 	require.NoError(t, err)
 	require.Len(t, p2.Items, 1)
 	assert.Equal(t, open.ID, p2.Items[0].ID)
@@ -175,7 +186,7 @@ func testSessionsShowExpiryAtQueryTime(t *testing.T, dialect string) {
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []uuid.UUID{open.ID, stale.ID}, ids, "status open, expired or not")
 
-	_, err = rm.Sessions(ctx, userID, false, "%%%", 0)
+	_, err = rm.Sessions(ctx, userID, "", "%%%", 0)
 	assert.ErrorIs(t, err, readmodels.ErrBadCursor)
 
 	due, err := rm.DueSessions(ctx, now, 0)
