@@ -131,7 +131,7 @@ var analyzeColumns = map[string]string{
 // rows up by, to build them again, each in one pass over the filled table,
 // in Prepare (Switch calls it): cheaper than keeping them up to date
 // row by row while a replay fills the table. Constraints and the indexes a
-// replay reads through stay. Until BuildIndexes the shadow answers only
+// replay reads through stay. Until Prepare the shadow answers only
 // the replay's lookups quickly; nothing else reads it.
 func (sh *Shadow) DeferIndexes(ctx context.Context) error {
 	return sh.s.Update(ctx, func(tx *Tx) error {
