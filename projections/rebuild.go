@@ -134,10 +134,11 @@ func replay(ctx context.Context, r *Runner, targets []target) error {
 	wg.Go(func() { r.readAhead(readCtx, batches, free) })
 
 	var from eventstore.Position
+	moves := make([]readmodels.CheckpointMove, len(targets))
 	for rb := range batches {
 		evs, last := rb.evs, rb.last
 		err := rp.Update(ctx, func(b *readmodels.Bulk) error {
-			for _, t := range targets {
+			for i, t := range targets {
 				tb := b
 				if t.sh != nil {
 					tb = t.sh.Bulk(b)
@@ -145,11 +146,9 @@ func replay(ctx context.Context, r *Runner, targets []target) error {
 				if err := t.f.replay(tb, evs); err != nil {
 					return fmt.Errorf("projections: replay %s: %w", t.name, err)
 				}
-				if err := b.Tx().AdvanceCheckpoint(t.name, from, last); err != nil {
-					return err
-				}
+				moves[i] = readmodels.CheckpointMove{Name: t.name, From: from, To: last}
 			}
-			return nil
+			return b.Tx().AdvanceCheckpoints(moves) // one statement for all
 		})
 		clear(rb.evs) // let the batch go
 		free <- rb
@@ -339,6 +338,14 @@ func rebuildShadowed(ctx context.Context, live *Runner, ps []Projection) (err er
 	}
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
+	}
+	// Build the deferred indexes and analyze every shadow side by side,
+	// before the switches, which then only catch up and swap.
+	if err := rm.Prepare(ctx, shs...); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return fmt.Errorf("projections: rebuild: %w", err)
 	}
 	for i, w := range r.workers {
 		if err := r.switchIn(ctx, w, shadows[i].(shadowed)); err != nil {

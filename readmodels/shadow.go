@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"evident/eventstore"
@@ -39,7 +40,10 @@ type Shadow struct {
 	tables     []string          // live names
 	names      map[string]string // live name → shadow name
 	oids       map[string]int64  // shadow name → OID as made, to tell a later rebuild's apart
-	deferred   []string          // CREATE INDEX statements DeferIndexes put off, for BuildIndexes
+	// deferred are the CREATE INDEX statements DeferIndexes put off, by
+	// shadow table, for Prepare.
+	deferred map[string][]string
+	analyzed bool // Prepare ran to the end
 }
 
 // NewShadow drops what an earlier rebuild of projection left behind and
@@ -59,7 +63,7 @@ func (s *Store) NewShadow(ctx context.Context, projection string, tables ...stri
 		return nil, fmt.Errorf("readmodels: shadow of %s: no tables", projection)
 	}
 	sh := &Shadow{s: s, projection: projection, tables: slices.Clone(tables),
-		names: map[string]string{}, oids: map[string]int64{}}
+		names: map[string]string{}, oids: map[string]int64{}, deferred: map[string][]string{}}
 	for _, t := range tables {
 		if !isProjectionTable(t) {
 			return nil, fmt.Errorf("readmodels: shadow of %s: %q is not a projection table", projection, t)
@@ -113,11 +117,21 @@ func (sh *Shadow) Bulk(b *Bulk) *Bulk {
 // the indexes that lead with them.
 var lookupColumns = map[string]string{"activation_tokens": "user_id"}
 
+// analyzeColumns are, for the tables whose other columns are costly to
+// ANALYZE and never filtered on (audit: the records' JSON and ids), the
+// columns the queries filter and order by (queries.go): Prepare analyzes
+// only these, half the work of the whole table. A partial ANALYZE leaves
+// the table's count of changed rows as it is, so autovacuum analyzes it
+// whole soon after it serves.
+var analyzeColumns = map[string]string{
+	"audit": "user_id, actor_id, action, occurred_at, pos_commit, pos_prepare",
+}
+
 // DeferIndexes drops the shadow's secondary indexes that no replay looks
 // rows up by, to build them again, each in one pass over the filled table,
-// in BuildIndexes (Switch calls it): cheaper than keeping them up to date
+// in Prepare (Switch calls it): cheaper than keeping them up to date
 // row by row while a replay fills the table. Constraints and the indexes a
-// replay reads through stay. Until BuildIndexes the shadow answers only
+// replay reads through stay. Until Prepare the shadow answers only
 // the replay's lookups quickly; nothing else reads it.
 func (sh *Shadow) DeferIndexes(ctx context.Context) error {
 	return sh.s.Update(ctx, func(tx *Tx) error {
@@ -152,37 +166,117 @@ func (sh *Shadow) DeferIndexes(ctx context.Context) error {
 					return fmt.Errorf("readmodels: defer index %s: %w", n, classify(err))
 				}
 			}
-			sh.deferred = append(sh.deferred, defs...)
+			sh.deferred[st] = append(sh.deferred[st], defs...)
 		}
 		return nil
 	})
 }
 
-// BuildIndexes builds the indexes DeferIndexes put off (none when it was
-// not called, or they are built). It fails with ErrShadowGone when the
-// shadow was replaced.
-func (sh *Shadow) BuildIndexes(ctx context.Context) error {
-	if len(sh.deferred) == 0 {
+// prepareParallelism bounds the statements Prepare runs at once: index
+// builds of different tables, and of one table, do not wait for each other
+// (CREATE INDEX takes a lock that lets others build), so a database with
+// several cores builds them side by side.
+const prepareParallelism = 4
+
+// Prepare makes filled shadows ready to serve: it builds the indexes
+// DeferIndexes put off and then ANALYZEs each table, so that the planner
+// knows it the moment it serves. The statements of all the shadows run side
+// by side on the Store's pool (at most prepareParallelism at once), each
+// table's ANALYZE after its own indexes; the slowest table, not the sum of
+// all, sets how long it takes. Switch prepares a shadow that was not; a
+// prepared one is not prepared again. It fails with ErrShadowGone when a
+// shadow was replaced. Each shadow must be of this Store.
+func (s *Store) Prepare(ctx context.Context, shs ...*Shadow) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		slot = make(chan struct{}, prepareParallelism)
+	)
+	exec := func(sh *Shadow, q string) error {
+		select {
+		case slot <- struct{}{}:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		defer func() { <-slot }()
+		if _, err := s.write.ExecContext(ctx, q); err != nil {
+			if isUndefinedTable(err) {
+				return fmt.Errorf("readmodels: prepare %s: %w", sh.projection, ErrShadowGone)
+			}
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			return fmt.Errorf("readmodels: prepare %s: %s: %w", sh.projection, q, classify(err))
+		}
 		return nil
 	}
+	var todo []*Shadow
+	for _, sh := range shs {
+		if sh.analyzed {
+			continue
+		}
+		if err := sh.check(ctx); err != nil {
+			return err
+		}
+		todo = append(todo, sh)
+	}
+	for _, sh := range todo {
+		for _, t := range sh.tables {
+			st := sh.names[t]
+			wg.Go(func() {
+				var built sync.WaitGroup
+				mu.Lock()
+				defs := slices.Clone(sh.deferred[st])
+				mu.Unlock()
+				for _, q := range defs {
+					built.Go(func() {
+						if err := exec(sh, q); err != nil {
+							cancel(err) // the first error is the cause
+							return
+						}
+						mu.Lock()
+						defer mu.Unlock()
+						sh.deferred[st] = slices.DeleteFunc(sh.deferred[st], func(d string) bool { return d == q })
+					})
+				}
+				built.Wait()
+				if ctx.Err() != nil {
+					return
+				}
+				q := `ANALYZE ` + st
+				if cols, ok := analyzeColumns[t]; ok {
+					q += ` (` + cols + `)`
+				}
+				if err := exec(sh, q); err != nil {
+					cancel(err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	for _, sh := range todo {
+		sh.analyzed = true
+	}
+	return nil
+}
+
+// check fails with ErrShadowGone when a shadow table is not the one
+// NewShadow made.
+func (sh *Shadow) check(ctx context.Context) error {
 	for st, want := range sh.oids {
 		var oid int64
 		err := sh.s.write.QueryRowContext(ctx, `SELECT to_regclass($1)::oid::bigint`, st).Scan(&oid)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("readmodels: build indexes of %s: %w", sh.projection, classify(err))
+			return fmt.Errorf("readmodels: prepare %s: %w", sh.projection, classify(err))
 		}
 		if oid != want {
-			return fmt.Errorf("readmodels: build indexes of %s: %w", sh.projection, ErrShadowGone)
+			return fmt.Errorf("readmodels: prepare %s: %w", sh.projection, ErrShadowGone)
 		}
-	}
-	for len(sh.deferred) > 0 {
-		if _, err := sh.s.write.ExecContext(ctx, sh.deferred[0]); err != nil {
-			if isUndefinedTable(err) {
-				return fmt.Errorf("readmodels: build indexes of %s: %w", sh.projection, ErrShadowGone)
-			}
-			return fmt.Errorf("readmodels: build indexes of %s: %w", sh.projection, classify(err))
-		}
-		sh.deferred = sh.deferred[1:]
 	}
 	return nil
 }
@@ -206,25 +300,16 @@ func (sh *Shadow) BuildIndexes(ctx context.Context) error {
 // plans too. So a batch either commits before the switch (and is in the
 // live checkpoint the catch-up reaches) or starts after it.
 //
-// Before the transaction it builds the indexes DeferIndexes put off and
-// ANALYZEs the shadows, so that the planner knows them the moment they
-// serve. Errors: an error from catchUp as it is;
+// Before the transaction it prepares the shadow (Prepare) unless that was
+// done. Errors: an error from catchUp as it is;
 // ErrShadowGone; ErrUnavailable when the locks were not granted within a
 // few seconds (a long query holds the tables) or the database failed;
 // ErrCheckpointMoved when the checkpoint changed between the lock and the
 // update (no live row existed and a worker wrote the first). All but
 // ErrShadowGone are worth retrying after catching the shadow up again.
 func (sh *Shadow) Switch(ctx context.Context, catchUp func(tx *Tx, from, live eventstore.Position) (eventstore.Position, error)) error {
-	if err := sh.BuildIndexes(ctx); err != nil {
+	if err := sh.s.Prepare(ctx, sh); err != nil {
 		return err
-	}
-	for _, t := range sh.tables {
-		if _, err := sh.s.write.ExecContext(ctx, `ANALYZE `+sh.names[t]); err != nil {
-			if isUndefinedTable(err) {
-				return fmt.Errorf("readmodels: switch %s: %w", sh.projection, ErrShadowGone)
-			}
-			return fmt.Errorf("readmodels: analyze %s: %w", sh.names[t], classify(err))
-		}
 	}
 	return sh.s.Update(ctx, func(tx *Tx) error {
 		live, err := sh.lock(tx)

@@ -291,3 +291,66 @@ func TestShadowDefersIndexesUntilTheSwitch(t *testing.T) {
 	assert.Equal(t, before, after, "every index is back, under its live name")
 	assert.Empty(t, left)
 }
+
+// Prepare builds the deferred indexes of several shadows at once and
+// analyzes them (audit on the columns its queries use), before any switch;
+// a switch then has nothing left to build. A replaced shadow fails it.
+func TestShadowPrepareBuildsAndAnalyzesEveryShadow(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	in := instances(t, 1)[0]
+	rm := in.rm
+	db := openPostgres(t, in.url, "")
+
+	users, err := rm.NewShadow(ctx, "users", "users")
+	require.NoError(t, err)
+	audit, err := rm.NewShadow(ctx, "audit", "audit")
+	require.NoError(t, err)
+	full, _ := catalogue(t, db)
+	for _, sh := range []*readmodels.Shadow{users, audit} {
+		require.NoError(t, sh.DeferIndexes(ctx))
+	}
+	_, err = db.Exec(`INSERT INTO audit_rebuild SELECT md5(i::text), 'user.created', 'a', 'user', 'u' || i % 7, 'actor' || i % 3,
+			'user_created', 'user', 'a', '{}', '{}', i, i, i FROM generate_series(1, 200) i`)
+	require.NoError(t, err)
+	_, err = db.Exec(`INSERT INTO users_rebuild SELECT md5(i::text), i || '@example.com', 'n', '[]', 'active', 1, i, i, NULL, NULL, '1'
+			FROM generate_series(1, 50) i`)
+	require.NoError(t, err)
+
+	require.NoError(t, rm.Prepare(ctx, users, audit))
+	prepared, _ := catalogue(t, db)
+	for _, tbl := range []string{"users_rebuild", "audit_rebuild"} {
+		assert.Equal(t, full[tbl], prepared[tbl], "every index of %s is built", tbl)
+	}
+	analyzed := func(table string) []string {
+		rows, err := db.Query(`SELECT attname FROM pg_stats WHERE schemaname = current_schema() AND tablename = $1 ORDER BY 1`, table)
+		require.NoError(t, err)
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var c string
+			require.NoError(t, rows.Scan(&c))
+			out = append(out, c)
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+	assert.Equal(t, []string{"action", "actor_id", "occurred_at", "pos_commit", "pos_prepare", "user_id"}, analyzed("audit_rebuild"),
+		"the columns audit queries filter and order by")
+	assert.Len(t, analyzed("users_rebuild"), 11, "every column")
+
+	for _, sh := range []*readmodels.Shadow{users, audit} {
+		require.NoError(t, sh.Switch(ctx, func(_ *readmodels.Tx, from, live eventstore.Position) (eventstore.Position, error) {
+			return live, nil
+		}))
+	}
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM audit WHERE actor_id = 'actor1'`).Scan(&n))
+	assert.Equal(t, 67, n)
+
+	again, err := rm.NewShadow(ctx, "users", "users")
+	require.NoError(t, err)
+	_, err = rm.NewShadow(ctx, "users", "users") // replaces again
+	require.NoError(t, err)
+	assert.ErrorIs(t, rm.Prepare(ctx, again), readmodels.ErrShadowGone)
+}
