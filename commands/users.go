@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unicode/utf8"
 
 	"evident/domain/email"
 	"evident/domain/session"
@@ -100,8 +99,8 @@ func (h *Handler) storePassword(ctx context.Context, userID uuid.UUID, password 
 	if !given {
 		return nil, nil
 	}
-	if n := utf8.RuneCountInString(password); n < 8 || len(password) > 72 {
-		return nil, &user.ValidationError{Field: "password", Reason: "must be 8 to 72 bytes long"}
+	if err := user.ValidatePassword(password); err != nil {
+		return nil, err
 	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), h.cost())
 	if err != nil {

@@ -156,8 +156,10 @@ func (c Config) Validate() error {
 	if (c.BootstrapAdminEmail == "") != (c.BootstrapAdminPassword == "") {
 		errs = append(errs, errors.New("EVIDENT_BOOTSTRAP_ADMIN_EMAIL and EVIDENT_BOOTSTRAP_ADMIN_PASSWORD go together"))
 	}
-	if n := len(c.BootstrapAdminPassword); n > 0 && (n < 8 || n > 72) {
-		errs = append(errs, errors.New("EVIDENT_BOOTSTRAP_ADMIN_PASSWORD must be 8 to 72 bytes long"))
+	if c.BootstrapAdminPassword != "" {
+		if err := user.ValidatePassword(c.BootstrapAdminPassword); err != nil {
+			errs = append(errs, fmt.Errorf("EVIDENT_BOOTSTRAP_ADMIN_PASSWORD: %w", err))
+		}
 	}
 	if c.ActivationTokenDuration <= 0 {
 		errs = append(errs, errors.New("EVIDENT_ACTIVATION_TOKEN_DURATION must be positive"))

@@ -84,6 +84,16 @@ func ValidateReason(s string) error {
 	return nil
 }
 
+// ValidatePassword checks a password before it is hashed: at least 8
+// characters, and at most 72 bytes, which is all bcrypt reads (a longer one
+// would be cut silently).
+func ValidatePassword(p string) error {
+	if utf8.RuneCountInString(p) < 8 || len(p) > 72 {
+		return &ValidationError{Field: "password", Reason: "must be at least 8 characters and at most 72 bytes (UTF-8)"}
+	}
+	return nil
+}
+
 func badReasonRune(r rune) bool {
 	return unicode.IsControl(r) && r != '\t' && r != '\n' && r != '\r'
 }

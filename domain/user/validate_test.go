@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	"evident/domain/user"
+
+	"github.com/stretchr/testify/assert"
 )
 
 // wantInvalid checks err is a *ValidationError on field.
@@ -161,5 +163,32 @@ func TestValidateReason(t *testing.T) {
 	}
 	for _, bad := range []string{strings.Repeat("a", 501), "bad \xff", "a\x00b", "\x1b[31m", "del\x7f", "c1\u0085"} {
 		wantInvalid(t, bad, user.ValidateReason(bad), "reason")
+	}
+}
+
+// A password is counted in characters for its minimum and in bytes for its
+// maximum (bcrypt reads 72), and the message says both.
+func TestValidatePassword(t *testing.T) {
+	for p, ok := range map[string]bool{
+		"1234567":               false,
+		"12345678":              true,
+		"ééééééé":               false, // 7 characters, 14 bytes
+		"éééééééé":              true,  // 8 characters, 16 bytes
+		strings.Repeat("a", 72): true,
+		strings.Repeat("a", 73): false,
+		strings.Repeat("é", 36): true,  // 72 bytes
+		strings.Repeat("é", 37): false, // 74 bytes
+	} {
+		err := user.ValidatePassword(p)
+		if ok {
+			assert.NoError(t, err, "%q", p)
+			continue
+		}
+		var v *user.ValidationError
+		if assert.ErrorAs(t, err, &v, "%q", p) {
+			assert.Equal(t, "password", v.Field)
+			assert.Contains(t, v.Reason, "at least 8 characters")
+			assert.Contains(t, v.Reason, "at most 72 bytes")
+		}
 	}
 }
