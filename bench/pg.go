@@ -83,6 +83,10 @@ func (s *pgServer) Close() {
 	_, _ = conn.Exec(ctx, `DROP DATABASE IF EXISTS `+s.dbName+` WITH (FORCE)`)
 }
 
+// poolTracer, when set (by the round-trip count in roundtrips_test.go),
+// traces every statement of the pools the runs open.
+var poolTracer pgx.QueryTracer
+
 // pgSchema is one run's fresh schema.
 type pgSchema struct {
 	srv  *pgServer
@@ -134,6 +138,9 @@ func (sc *pgSchema) pool(ctx context.Context, conns int) (*pgxpool.Pool, error) 
 	cfg, err := pgxpool.ParseConfig(sc.url(conns))
 	if err != nil {
 		return nil, err
+	}
+	if poolTracer != nil {
+		cfg.ConnConfig.Tracer = poolTracer
 	}
 	p, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

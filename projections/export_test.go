@@ -16,3 +16,10 @@ func SetReplayBatch(n int) (restore func()) {
 // DefaultReplayBatch is the replay's batch size outside the tests (package
 // variables are set before init runs).
 var DefaultReplayBatch = replayBatch
+
+// Wakes counts the times the Runner woke its waiters.
+func (r *Runner) Wakes() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.wakes
+}

@@ -179,7 +179,8 @@ type Runner struct {
 	workers []*worker
 
 	mu      sync.Mutex
-	changed chan struct{} // closed and replaced whenever a position moves
+	changed chan struct{} // closed and replaced whenever a position moves, or a worker starts or stops here
+	wakes   int64         // times changed was closed, for tests
 	started bool
 }
 
@@ -369,6 +370,13 @@ func (r *Runner) waitFor(ctx context.Context, names []string, pos eventstore.Pos
 			timer = time.NewTimer(interval)
 			tick = timer.C
 		}
+		if len(remote) == 0 {
+			// Every projection waited for runs here: its commits move
+			// positions in memory and close local. The read models'
+			// channel would only wake this waiter a second time for
+			// each of them.
+			stored = nil
+		}
 		select {
 		case <-ctx.Done():
 		case <-local:
@@ -422,6 +430,25 @@ func (r *Runner) advance(w *worker, pos eventstore.Position, parked int) {
 	defer r.mu.Unlock()
 	w.pos, w.lastErr = pos, ""
 	w.parked += parked
+	r.wakeLocked()
+}
+
+// advanceParts records the checkpoints a group batch committed and wakes
+// the waiters once for all of them, not once per projection: every
+// command waiting for its read models would otherwise wake and look
+// again as many times.
+func (r *Runner) advanceParts(parts []part) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range parts {
+		p.m.w.pos, p.m.w.lastErr = p.to, ""
+	}
+	r.wakeLocked()
+}
+
+// wakeLocked wakes the waiters; r.mu is held.
+func (r *Runner) wakeLocked() {
+	r.wakes++
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
@@ -432,10 +459,14 @@ func (r *Runner) failed(w *worker, err error) {
 	w.lastErr = err.Error()
 }
 
+// setRunning records whether w runs here, and wakes the waiters: they
+// read a worker that runs here from memory, one that runs elsewhere from
+// its stored checkpoint.
 func (r *Runner) setRunning(w *worker, running bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	w.running = running
+	r.wakeLocked()
 }
 
 func (r *Runner) position(w *worker) eventstore.Position {
@@ -1248,9 +1279,7 @@ func (r *Runner) applyGroup(ctx context.Context, at eventstore.Position, evs []e
 				p.m.pos = p.to
 			}
 			g.mu.Unlock()
-			for _, p := range parts {
-				r.advance(p.m.w, p.to, 0)
-			}
+			r.advanceParts(parts)
 			return
 		case errors.As(err, &pe) && (errors.Is(pe.err, readmodels.ErrCheckpointMoved) || !transient(pe.err)):
 			// The projection failed, not the database: the others go on

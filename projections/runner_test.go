@@ -625,6 +625,27 @@ func TestPostgresProjectionsWithLeasesShareOneTransactionPerBatch(t *testing.T) 
 	assert.Equal(t, 1, writers(), "transactions that wrote the last batch's checkpoints")
 }
 
+// A batch the group commits for all four projections wakes the commands
+// waiting for their read models once, not once per projection.
+func TestGroupBatchWakesWaitersOnce(t *testing.T) {
+	e := newEnv(t, readmodels.DialectPostgres)
+	opts := fast(5)
+	opts.Leases = always{}
+	r, _ := e.start(t, projections.All(), opts)
+	for range 10 { // the projections catch up on their own, then join the group
+		id := uuid.New()
+		waitFor(t, r, e.register(t, id, id.String()+"@x.org"))
+	}
+	for range 5 {
+		before := r.Wakes()
+		id := uuid.New()
+		waitFor(t, r, e.register(t, id, id.String()+"@x.org"))
+		// One append: one batch, or two if the read caught it half
+		// (it cannot: one transaction), never four.
+		assert.LessOrEqual(t, r.Wakes()-before, int64(2), "wake-ups for one command")
+	}
+}
+
 // last is the position of the newest event of the log.
 func (e *env) last(t *testing.T) eventstore.Position {
 	t.Helper()

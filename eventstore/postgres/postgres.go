@@ -154,6 +154,9 @@ type Store struct {
 	closed    bool
 	stop      context.CancelFunc // ends the listener
 	stopped   chan struct{}      // closed when the listener has ended
+	heard     bool               // the listener is connected: every commit wakes
+	quiet     quiet              // see readBelow
+	others    []int64            // running transactions that are no appends (see horizon)
 
 	// Group commit (group.go).
 	qmu          sync.Mutex
@@ -201,7 +204,7 @@ func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
 	}
 	gctx, cancel := context.WithCancel(context.Background())
 	return &Store{
-		pool: pool, channel: channelName(schema), sender: rand.Text(), changed: make(chan struct{}), maxHoldPause: holdBackPause,
+		pool: pool, channel: channelName(schema), sender: rand.Text(), changed: make(chan struct{}), maxHoldPause: holdBackPause, others: []int64{},
 		groupCtx: gctx, groupCancel: cancel,
 		notify: make(chan struct{}, 1), notifierDone: make(chan struct{}),
 	}, nil
@@ -494,6 +497,11 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from int64) ([]ev
 // be missed and its events skipped. Ids there are 32-bit; an in-progress
 // xid8 is matched by its low 32 bits, which are unique among the running
 // transactions.
+//
+// It also returns the others: the transactions running at its snapshot
+// that are no appends (or have ended). An append holds the lock before it
+// has an id, so a transaction seen with an id and without the lock never
+// appends: readAfterSnap may leave them out of its horizon for good.
 const horizon = `WITH s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap),
 appenders AS (
 	SELECT a.backend_xid::text::bigint AS xid
@@ -501,14 +509,31 @@ appenders AS (
 	WHERE l.locktype = 'relation' AND l.relation = 'events'::regclass AND l.mode = 'RowExclusiveLock'
 	  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 	  AND a.backend_xid IS NOT NULL
-)
+),
+xip AS (SELECT x::text::bigint AS x FROM s, pg_snapshot_xip(s.snap) AS x)
 SELECT LEAST(
 	pg_snapshot_xmax(s.snap)::text::bigint,
-	(SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) AS x
-	 WHERE x::text::bigint % 4294967296 IN (SELECT xid FROM appenders)))
+	(SELECT min(x) FROM xip WHERE x % 4294967296 IN (SELECT xid FROM appenders))),
+	ARRAY(SELECT x FROM xip WHERE x % 4294967296 NOT IN (SELECT xid FROM appenders))
 FROM s`
 
 const readAfter = selectEvents + ` WHERE (tx, seq) > ($1::bigint::text::xid8, $2) ORDER BY tx, seq LIMIT $3`
+
+// readAfterSnap is readAfter with, on every row, a horizon that needs no
+// look at the lock table: the lowest transaction id running at the read's
+// own snapshot, or its xmax when none is, leaving out the transactions the
+// horizon statement last found to be no appends ($4, see horizon). Every
+// other transaction below it had ended when the snapshot was taken, so the
+// rows below it are every event it will ever have there; it is the exact
+// horizon when no transaction but appends and those is running, and below
+// it otherwise. pg_current_snapshot() is the
+// statement's snapshot, so one statement reads both.
+const readAfterSnap = `WITH s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap)
+SELECT tx::text::bigint, seq, event_id, stream, version, type, data, metadata, recorded_at,
+	(SELECT LEAST(pg_snapshot_xmax(snap)::text::bigint,
+		(SELECT min(x::text::bigint) FROM pg_snapshot_xip(snap) AS x
+		 WHERE x::text::bigint <> ALL (coalesce($4::bigint[], '{}')))) FROM s)
+FROM events WHERE (tx, seq) > ($1::bigint::text::xid8, $2) ORDER BY tx, seq LIMIT $3`
 
 // ReadAll returns up to limit events with a position strictly after after, in
 // log order, never one that a later call could precede with a lower position
@@ -517,6 +542,11 @@ const readAfter = selectEvents + ` WHERE (tx, seq) > ($1::bigint::text::xid8, $2
 // for that append to end, so that a caller reads its own appends; it may
 // then return fewer than limit events, or none, and callers read again. A
 // limit below one is eventstore.ErrInvalid.
+//
+// A read that found every event there was after some position, with
+// nothing held back, is remembered (see quiet): until a commit wakes the
+// readers, a read after that position finds nothing without asking the
+// server.
 func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
 	if limit < 1 {
 		return nil, fmt.Errorf("postgres eventstore: read all: limit %d: %w", limit, eventstore.ErrInvalid)
@@ -527,21 +557,84 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 	if after.Commit > math.MaxInt64 {
 		return nil, nil
 	}
-	evs, held, err := s.readBelow(ctx, after, limit)
+	if s.isQuiet(after) {
+		return nil, nil
+	}
+	evs, held, err := s.readBelow(ctx, after, limit, false)
 	if err != nil || len(evs) > 0 || held == 0 {
 		return evs, err
 	}
 	if err := s.awaitHorizon(ctx, held); err != nil {
 		return nil, err
 	}
-	evs, _, err = s.readBelow(ctx, after, limit)
+	// Straight to the exact horizon: the snapshot's would most likely
+	// still find running what held the read back, costing a round trip.
+	evs, _, err = s.readBelow(ctx, after, limit, true)
 	return evs, err
 }
 
 // readBelow reads up to limit events after after and keeps those below the
 // horizon; held is the transaction id of the first one held back, or zero.
-// The horizon and the read are two statements of one round trip.
-func (s *Store) readBelow(ctx context.Context, after eventstore.Position, limit int) (_ []eventstore.RecordedEvent, held uint64, err error) {
+//
+// It first reads with the snapshot's own horizon (readAfterSnap): one
+// statement, and no look at the lock table. Only when that holds back any
+// event, because a transaction below it was running (an append, or
+// anything else with an id not known to be no append), does it ask which
+// running transactions are appends (horizon) and read again below that,
+// the two statements in one round trip: so it returns what the exact
+// horizon allows, and a read that returns fewer than limit events still
+// means that no append of the log held any back; exact goes there at once. When the read found every
+// event after after, it remembers so (quiet).
+func (s *Store) readBelow(ctx context.Context, after eventstore.Position, limit int, exact bool) (_ []eventstore.RecordedEvent, held uint64, err error) {
+	// Taken before the read: a commit after the read's snapshot closes it.
+	changed, heard := s.subscribeHeard()
+	if !exact {
+		evs, h, err := s.readSnap(ctx, after, limit)
+		if err != nil {
+			return nil, 0, err
+		}
+		below := true
+		for _, e := range evs {
+			if int64(e.Position.Commit) >= h {
+				below = false
+				break
+			}
+		}
+		if below {
+			if len(evs) < limit && heard {
+				s.setQuiet(after, evs, changed)
+			}
+			return evs, 0, nil
+		}
+	}
+	evs, held, err := s.readExact(ctx, after, limit)
+	if err == nil && held == 0 && len(evs) < limit && heard {
+		s.setQuiet(after, evs, changed)
+	}
+	return evs, held, err
+}
+
+// readSnap reads up to limit events after after with readAfterSnap, and
+// returns them with the snapshot's horizon (when it found any).
+func (s *Store) readSnap(ctx context.Context, after eventstore.Position, limit int) ([]eventstore.RecordedEvent, int64, error) {
+	s.mu.Lock()
+	others := s.others
+	s.mu.Unlock()
+	rows, err := s.pool.Query(ctx, readAfterSnap, int64(min(after.Commit, math.MaxInt64)), int64(min(after.Prepare, math.MaxInt64)), limit, others)
+	if err != nil {
+		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
+	}
+	var h int64
+	evs, err := scanEvents(rows, limit, &h)
+	if err != nil {
+		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
+	}
+	return evs, h, nil
+}
+
+// readExact reads up to limit events after after below the horizon of the
+// running appends: the horizon statement and the read, in one round trip.
+func (s *Store) readExact(ctx context.Context, after eventstore.Position, limit int) (_ []eventstore.RecordedEvent, held uint64, err error) {
 	b := &pgx.Batch{}
 	b.Queue(horizon)
 	b.Queue(readAfter, int64(min(after.Commit, math.MaxInt64)), int64(min(after.Prepare, math.MaxInt64)), limit)
@@ -551,10 +644,14 @@ func (s *Store) readBelow(ctx context.Context, after eventstore.Position, limit 
 			err = wrap(ctx, fmt.Sprintf("read all after %s", after), cerr)
 		}
 	}()
-	var h int64
-	if err := br.QueryRow().Scan(&h); err != nil {
+	var (
+		h      int64
+		others []int64
+	)
+	if err := br.QueryRow().Scan(&h, &others); err != nil {
 		return nil, 0, wrap(ctx, "read horizon", err)
 	}
+	s.setOthers(others)
 	rows, err := br.Query()
 	if err != nil {
 		return nil, 0, wrap(ctx, fmt.Sprintf("read all after %s", after), err)
@@ -571,6 +668,54 @@ func (s *Store) readBelow(ctx context.Context, after eventstore.Position, limit 
 	return evs, 0, nil
 }
 
+// setOthers keeps the transactions the horizon statement found to be no
+// appends, for readAfterSnap.
+func (s *Store) setOthers(others []int64) {
+	if others == nil {
+		others = []int64{}
+	}
+	s.mu.Lock()
+	s.others = others
+	s.mu.Unlock()
+}
+
+// quiet is what the latest read that found every event after its position
+// left behind: the position after which there was nothing more, and the
+// wake-up channel taken before that read. While that channel is open no
+// append has committed since (this process's wake their readers at commit;
+// other processes' through the listener, which was connected when it was
+// taken and closes it when it drops), so nothing after at is readable: a
+// read or a Wait's look finds nothing without asking the server. It lasts
+// at most fallbackWake, as a notification can be lost.
+type quiet struct {
+	at      eventstore.Position
+	changed <-chan struct{}
+	until   time.Time
+}
+
+// setQuiet remembers that a read after after, whose channel was changed,
+// found evs and nothing after them.
+func (s *Store) setQuiet(after eventstore.Position, evs []eventstore.RecordedEvent, changed <-chan struct{}) {
+	at := after
+	if len(evs) > 0 {
+		at = evs[len(evs)-1].Position
+	}
+	s.mu.Lock()
+	if s.changed == changed {
+		s.quiet = quiet{at: at, changed: changed, until: time.Now().Add(fallbackWake)}
+	}
+	s.mu.Unlock()
+}
+
+// isQuiet reports whether nothing is readable after after, as the latest
+// read found and no commit has since denied.
+func (s *Store) isQuiet(after eventstore.Position) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.quiet
+	return q.changed != nil && q.changed == s.changed && q.at == after && s.heard && time.Now().Before(q.until)
+}
+
 // awaitHorizon polls, with backoff, until the horizon has passed transaction
 // held or holdBackWait has gone by. The transactions that hold the horizon
 // are appends: one statement each, a few milliseconds from their commit.
@@ -581,10 +726,14 @@ func (s *Store) awaitHorizon(ctx context.Context, held uint64) error {
 	pause := 500 * time.Microsecond
 	for {
 		changed := s.subscribe() // before the horizon is read: no commit falls between
-		var h int64
-		if err := s.pool.QueryRow(ctx, horizon).Scan(&h); err != nil {
+		var (
+			h      int64
+			others []int64
+		)
+		if err := s.pool.QueryRow(ctx, horizon).Scan(&h, &others); err != nil {
 			return wrap(ctx, "read horizon", err)
 		}
+		s.setOthers(others)
 		if uint64(h) > held || time.Now().Add(pause).After(deadline) {
 			return nil
 		}
@@ -621,7 +770,10 @@ func (s *Store) readAllNaive(ctx context.Context, after eventstore.Position, lim
 // scanEvents reads rows of selectEvents, at most limit (0: not known). The text and bytes of the events
 // are copied out of the driver's buffers into a few shared blocks (arena),
 // not one allocation per value: a replay reads the whole log through here.
-func scanEvents(rows pgx.Rows, limit int) ([]eventstore.RecordedEvent, error) {
+//
+// extra are scanned from the columns after selectEvents' (readAfterSnap's
+// horizon), from every row.
+func scanEvents(rows pgx.Rows, limit int, extra ...any) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
 	var (
 		evs   = arena.Events{Limit: limit}
@@ -634,7 +786,7 @@ func scanEvents(rows pgx.Rows, limit int) ([]eventstore.RecordedEvent, error) {
 		id                          [16]byte           // as uuid.UUID, pgx would scan it through a string
 		stream, typ, data, metadata pgtype.DriverBytes // valid until the next row
 		recordedAt                  time.Time
-		dst                         = []any{&txid, &seq, &id, &stream, &e.Version, &typ, &data, &metadata, &recordedAt}
+		dst                         = append([]any{&txid, &seq, &id, &stream, &e.Version, &typ, &data, &metadata, &recordedAt}, extra...)
 	)
 	for rows.Next() {
 		if err := rows.Scan(dst...); err != nil {
@@ -668,13 +820,16 @@ func (s *Store) Wait(ctx context.Context, after eventstore.Position) error {
 	changed := s.subscribe()
 
 	// The first event after after decides: events above the horizon come
-	// after every event below it.
-	evs, _, err := s.readBelow(ctx, after, 1)
-	if err != nil {
-		return err
-	}
-	if len(evs) > 0 {
-		return nil
+	// after every event below it. A quiet position needs no look: the
+	// channel that says it is quiet is the one waited on.
+	if !s.isQuiet(after) {
+		evs, _, err := s.readBelow(ctx, after, 1, false)
+		if err != nil {
+			return err
+		}
+		if len(evs) > 0 {
+			return nil
+		}
 	}
 
 	timer := time.NewTimer(fallbackWake)
@@ -703,12 +858,27 @@ func (s *Store) subscribe() <-chan struct{} {
 	return s.changed
 }
 
+// subscribeHeard returns the channel the next wake-up closes, without
+// starting the listener (a Wait does), and reports whether the listener
+// is connected: only then does every commit, of any process, close it.
+func (s *Store) subscribeHeard() (<-chan struct{}, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed, s.heard
+}
+
 // wake wakes every Wait in progress.
 func (s *Store) wake() {
 	s.wakes.Add(1)
 	s.mu.Lock()
 	close(s.changed)
 	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+func (s *Store) setHeard(heard bool) {
+	s.mu.Lock()
+	s.heard = heard
 	s.mu.Unlock()
 }
 
@@ -753,6 +923,13 @@ func (s *Store) listenOnce(ctx context.Context, connected func()) {
 		return
 	}
 	connected()
+	s.setHeard(true)
+	// When it drops, the notifications it would have heard are lost: what
+	// the readers believe quiet may not be any more.
+	defer func() {
+		s.setHeard(false)
+		s.wake()
+	}()
 	// Appends that committed before LISTEN took effect sent no wake-up.
 	s.wake()
 	for {
