@@ -69,6 +69,9 @@ type call struct {
 	reqs  []eventstore.AppendRequest
 	size  int
 	reply chan callResult // capacity 1: the committer never blocks on it
+	// waited: the call was left for a later group once, because a stream
+	// it names was in the group taken; it is not left again (see next).
+	waited bool
 }
 
 type callResult struct {
@@ -183,12 +186,15 @@ func (s *Store) commit() {
 
 // next takes the next group off the queue: calls from its head, up to
 // maxGroupCalls calls or maxGroupBytes of payload, leaving for a later group
-// each call that names a stream an earlier call of the group names. A group
-// whose calls name each stream once is written set-based; one naming a
-// stream twice would go through evident_append, call by call. (A call that
-// names a stream twice itself still does.) The calls left keep their order,
-// so a stream's appends are still sent in the order they came. When the
-// queue is empty it returns nil, and the committer that asked is done.
+// each call that names a stream an earlier call of the group names, once. A
+// group whose calls name each stream once is written set-based; one naming
+// a stream twice goes through evident_append, call by call, in one round
+// trip. (A call that names a stream twice itself always does.) Left once, a
+// call joins the next group whatever it names: writers contending for one
+// stream, which mostly fail on its version, are then answered together,
+// not one round trip each. The calls left keep their order, so a stream's
+// appends are still sent in the order they came. When the queue is empty it
+// returns nil, and the committer that asked is done.
 func (s *Store) next() []*call {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
@@ -208,7 +214,8 @@ func (s *Store) next() []*call {
 			left = append(left, s.queue[i:]...)
 			break
 		}
-		if len(group) > 0 && named.any(c.reqs) {
+		if len(group) > 0 && !c.waited && named.any(c.reqs) {
+			c.waited = true
 			left = append(left, c)
 			continue
 		}
