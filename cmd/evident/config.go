@@ -178,14 +178,14 @@ func (c Config) Validate() error {
 	if !c.AuditAllEvents && len(c.AuditEventTypes) == 0 && c.EnableAuditTrail {
 		errs = append(errs, errors.New("EVIDENT_AUDIT_ALL_EVENTS=false needs EVIDENT_AUDIT_EVENT_TYPES"))
 	}
-	if c.MaxRetries < 0 || c.MaxRetries > 100 {
-		errs = append(errs, errors.New("EVIDENT_MAX_RETRIES must be from 0 to 100"))
+	if c.MaxRetries < 1 || c.MaxRetries > 100 {
+		errs = append(errs, errors.New("EVIDENT_MAX_RETRIES must be from 1 to 100"))
 	}
 	if c.RetryDelay <= 0 {
 		errs = append(errs, errors.New("EVIDENT_RETRY_DELAY must be positive"))
 	}
-	if c.ReadWaitTimeout < 0 {
-		errs = append(errs, errors.New("EVIDENT_READ_WAIT_TIMEOUT must not be negative"))
+	if c.ReadWaitTimeout <= 0 {
+		errs = append(errs, errors.New("EVIDENT_READ_WAIT_TIMEOUT must be positive (Prefer: respond-async skips the wait)"))
 	}
 	if c.PasswordCost < bcrypt.MinCost || c.PasswordCost > bcrypt.MaxCost {
 		errs = append(errs, fmt.Errorf("EVIDENT_PASSWORD_COST must be from %d to %d", bcrypt.MinCost, bcrypt.MaxCost))

@@ -25,6 +25,20 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	}
 }
 
+// A zero where the code would put its default instead is refused, not
+// silently replaced; and a bootstrap password follows the users' rule.
+func TestZeroIsNoSilentDefault(t *testing.T) {
+	t.Setenv("EVIDENT_MAX_RETRIES", "0")
+	t.Setenv("EVIDENT_READ_WAIT_TIMEOUT", "0s")
+	t.Setenv("EVIDENT_BOOTSTRAP_ADMIN_EMAIL", "a@example.org")
+	t.Setenv("EVIDENT_BOOTSTRAP_ADMIN_PASSWORD", "ééééééé") // 7 characters, 14 bytes
+	_, err := loadConfig(nil, flag.NewFlagSet("t", flag.ContinueOnError))
+	require.Error(t, err)
+	for _, want := range []string{"EVIDENT_MAX_RETRIES must be from 1", "EVIDENT_READ_WAIT_TIMEOUT must be positive", "EVIDENT_BOOTSTRAP_ADMIN_PASSWORD: invalid password"} {
+		assert.Contains(t, err.Error(), want)
+	}
+}
+
 func TestBadDurationStopsStartup(t *testing.T) {
 	t.Setenv("EVIDENT_ACTIVATION_TOKEN_DURATION", "thirty seconds")
 	_, err := loadConfig(nil, flag.NewFlagSet("t", flag.ContinueOnError))

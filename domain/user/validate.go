@@ -50,8 +50,26 @@ func NormalizeName(raw string) (string, error) {
 		return "", &ValidationError{Field: "name", Reason: "is longer than 200 characters"}
 	case strings.ContainsFunc(s, unicode.IsControl): // C0, DEL and C1
 		return "", &ValidationError{Field: "name", Reason: "contains control characters"}
+	case strings.ContainsFunc(s, bidiControl):
+		return "", &ValidationError{Field: "name", Reason: "contains bidirectional control characters"}
+	case !strings.ContainsFunc(s, visible):
+		return "", &ValidationError{Field: "name", Reason: "is required (it has no visible character)"}
 	}
 	return s, nil
+}
+
+// bidiControl reports the embeddings, overrides and isolates that make text
+// read in another order than it is stored: in a name they let one user pass
+// for another in every list that shows it.
+func bidiControl(r rune) bool {
+	return r >= '\u202A' && r <= '\u202E' || r >= '\u2066' && r <= '\u2069'
+}
+
+// visible reports a character that shows: not a space, not a format
+// character such as a zero-width space or joiner (which a name may hold
+// between visible ones).
+func visible(r rune) bool {
+	return !unicode.IsSpace(r) && !unicode.Is(unicode.Cf, r)
 }
 
 // NormalizeRoles checks roles, removes duplicates and sorts them; none means member.

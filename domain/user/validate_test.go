@@ -89,6 +89,7 @@ func TestNormalizeName(t *testing.T) {
 		"李小龙":                                "李小龙",
 		strings.Repeat("é", 200):             strings.Repeat("é", 200),
 		" " + strings.Repeat("n", 200) + " ": strings.Repeat("n", 200),
+		"میرزا\u200cخان":                     "میرزا\u200cخان", // a zero-width non-joiner between visible letters
 	}
 	for in, want := range valid {
 		got, err := user.NormalizeName(in)
@@ -107,6 +108,10 @@ func TestNormalizeName(t *testing.T) {
 		"Ann\u0085Bell", // NEL, a C1 control
 		"Ann\u009bBell", // CSI, a C1 control
 		"Ann\xffBell",   // not UTF-8
+		"\u200b",        // a zero-width space alone looks empty
+		" \u200b\u2060\ufeff ",
+		"\u202eevil",    // right-to-left override
+		"Ann\u2066Bell", // left-to-right isolate
 	}
 	for _, in := range invalid {
 		got, err := user.NormalizeName(in)
