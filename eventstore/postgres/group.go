@@ -230,40 +230,43 @@ func (s *Store) next() []*call {
 	return group
 }
 
-// streamSet is the streams a group names so far. Groups are small: up to a
-// few dozen names, a look at each costs less than a map, which it only
-// takes past that.
+// streamSet is a set of stream names. Groups are small: up to a few dozen
+// names, a look at each costs less than a map, which it only takes past
+// that.
 type streamSet struct {
 	names []string
 	m     map[string]bool
 }
 
-func (n *streamSet) any(reqs []eventstore.AppendRequest) bool {
-	for _, r := range reqs {
-		if n.m != nil {
-			if n.m[r.Stream] {
-				return true
-			}
-		} else if slices.Contains(n.names, r.Stream) {
-			return true
+func (n *streamSet) has(name string) bool {
+	if n.m != nil {
+		return n.m[name]
+	}
+	return slices.Contains(n.names, name)
+}
+
+func (n *streamSet) put(name string) {
+	if n.m == nil && len(n.names) < 32 {
+		n.names = append(n.names, name)
+		return
+	}
+	if n.m == nil {
+		n.m = make(map[string]bool, 2*len(n.names))
+		for _, x := range n.names {
+			n.m[x] = true
 		}
 	}
-	return false
+	n.m[name] = true
+}
+
+// any reports whether a stream of reqs is in the set.
+func (n *streamSet) any(reqs []eventstore.AppendRequest) bool {
+	return slices.ContainsFunc(reqs, func(r eventstore.AppendRequest) bool { return n.has(r.Stream) })
 }
 
 func (n *streamSet) add(reqs []eventstore.AppendRequest) {
 	for _, r := range reqs {
-		if n.m == nil && len(n.names) < 32 {
-			n.names = append(n.names, r.Stream)
-			continue
-		}
-		if n.m == nil {
-			n.m = make(map[string]bool, 2*len(n.names))
-			for _, x := range n.names {
-				n.m[x] = true
-			}
-		}
-		n.m[r.Stream] = true
+		n.put(r.Stream)
 	}
 }
 

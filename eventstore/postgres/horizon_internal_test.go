@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -40,17 +39,8 @@ func (h horizonPolls) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.Trac
 // here, so that the two cannot be confused on a busy machine).
 func TestHeldBackReaderGoesOnWhenItsProcessCommits(t *testing.T) {
 	t.Parallel()
-	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
-	require.NoError(t, err)
-	cfg.MaxConns = 4
 	polls := make(horizonPolls, 100)
-	cfg.ConnConfig.Tracer = polls
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	s, err := New(context.Background(), pool)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
+	s := storeWith(t, pgtest.URL(t), 4, polls)
 	s.maxHoldPause = time.Second
 	ctx := t.Context()
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -34,9 +35,18 @@ func internalStore(t testing.TB, maxConns int32) *Store {
 // process would.
 func storeAt(t testing.TB, url string, maxConns int32) *Store {
 	t.Helper()
+	return storeWith(t, url, maxConns, nil)
+}
+
+// storeWith is storeAt with tr, when not nil, tracing the pool's statements.
+func storeWith(t testing.TB, url string, maxConns int32, tr pgx.QueryTracer) *Store {
+	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	require.NoError(t, err)
 	cfg.MaxConns = maxConns
+	if tr != nil {
+		cfg.ConnConfig.Tracer = tr
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)

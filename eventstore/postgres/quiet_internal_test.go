@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -53,19 +52,9 @@ func (c *tripCount) take() (statements []string, batches int) {
 }
 
 // tracedAt is storeAt with a tracer on the pool.
-func tracedAt(t *testing.T, url string, tr pgx.QueryTracer) *Store {
+func tracedAt(t testing.TB, url string, tr pgx.QueryTracer) *Store {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(url)
-	require.NoError(t, err)
-	cfg.MaxConns = 4
-	cfg.ConnConfig.Tracer = tr
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	s, err := New(context.Background(), pool)
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, s.Close()) })
-	return s
+	return storeWith(t, url, 4, tr)
 }
 
 // listening starts s's listener and waits until it is connected.

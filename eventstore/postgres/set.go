@@ -112,25 +112,14 @@ func buildSetArgs(group []*call) *setArgs {
 	return a
 }
 
-// distinct reports whether no name is in names twice. Groups are small: up
-// to a few dozen names, a look at every pair costs less than a map.
+// distinct reports whether no name is in names twice.
 func distinct(names []string) bool {
-	if len(names) > 32 {
-		seen := make(map[string]bool, len(names))
-		for _, n := range names {
-			if seen[n] {
-				return false
-			}
-			seen[n] = true
+	var seen streamSet
+	for _, n := range names {
+		if seen.has(n) {
+			return false
 		}
-		return true
-	}
-	for i, n := range names {
-		for _, m := range names[:i] {
-			if n == m {
-				return false
-			}
-		}
+		seen.put(n)
 	}
 	return true
 }
