@@ -363,31 +363,59 @@ func (s *interleaving) Append(ctx context.Context, reqs ...eventstore.AppendRequ
 	return s.Store.Append(ctx, reqs...)
 }
 
-func TestLoginRacingDeletionIsRefused(t *testing.T) {
-	f := newFixture(t)
-	ctx := context.Background()
-	id := f.activeUser(t, "race@example.org", "password-123")
-	store := &interleaving{Store: f.events}
-	h := commands.NewHandler(store, f.rm, f.rm, nil, commands.Options{Now: f.clock, PasswordCost: bcrypt.MinCost})
-	store.before = func() {
-		_, err := f.h.Delete(ctx, admin, id, "raced", nil)
-		require.NoError(t, err)
-	}
-	_, err := h.Login(ctx, commands.Meta{}, "race@example.org", "password-123")
-	require.ErrorIs(t, err, user.ErrNotActive, "a login that lands after the deletion is refused")
+// A login is decided on its user's stream and written with a check that the
+// stream has not moved. Whatever lands in between is seen: an end of the
+// user refuses the login with nothing written (C07: a refused command has
+// appended nothing), and a change that leaves the user active lets it
+// through on the second try, once.
+func TestLoginRacingItsUserIsDecidedAgain(t *testing.T) {
+	name := "Renamed"
+	for _, tc := range []struct {
+		name    string
+		race    func(h *commands.Handler, id uuid.UUID) error
+		want    error
+		session int
+	}{
+		{"deactivated", func(h *commands.Handler, id uuid.UUID) error {
+			_, err := h.Deactivate(context.Background(), admin, id, "raced", nil)
+			return err
+		}, user.ErrNotActive, 0},
+		{"suspended", func(h *commands.Handler, id uuid.UUID) error {
+			_, err := h.Suspend(context.Background(), admin, id, "raced", nil)
+			return err
+		}, user.ErrNotActive, 0},
+		{"deleted", func(h *commands.Handler, id uuid.UUID) error {
+			_, err := h.Delete(context.Background(), admin, id, "raced", nil)
+			return err
+		}, commands.ErrInvalidCredentials, 0},
+		{"renamed", func(h *commands.Handler, id uuid.UUID) error {
+			_, err := h.Update(context.Background(), admin, id, commands.UpdateInput{Name: &name}, nil)
+			return err
+		}, nil, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			id := f.activeUser(t, "race@example.org", "password-123")
+			store := &interleaving{Store: f.events}
+			h := commands.NewHandler(store, f.rm, f.rm, nil, commands.Options{Now: f.clock, PasswordCost: bcrypt.MinCost})
+			store.before = func() { require.NoError(t, tc.race(f.h, id)) }
 
-	// The session it had written is closed at once.
-	var opened, revoked int
-	for _, e := range f.allEvents(t) {
-		switch e.Type {
-		case "auth.user_logged_in":
-			opened++
-		case "auth.session_revoked":
-			revoked++
-		}
+			_, err := h.Login(ctx, commands.Meta{}, "race@example.org", "password-123")
+			if tc.want == nil {
+				require.NoError(t, err)
+			} else {
+				require.ErrorIs(t, err, tc.want)
+			}
+			var sessionEvents int
+			for _, e := range f.allEvents(t) {
+				if strings.HasPrefix(e.Stream, "session-") {
+					sessionEvents++
+				}
+			}
+			assert.Equal(t, tc.session, sessionEvents, "session events written")
+		})
 	}
-	assert.Equal(t, 1, opened)
-	assert.Equal(t, 1, revoked)
 }
 
 // readCounter is the real event store, counting the streams read.

@@ -38,11 +38,28 @@ func (h *Handler) dummyHash() []byte {
 // session. Unknown address, wrong password and missing password are the same
 // ErrInvalidCredentials; a right password for a user who is not active is
 // user.ErrNotActive.
+//
+// The session is appended together with a check that the user's stream is
+// still at the version the decision read: a deactivation, suspension,
+// deletion or password change that lands in between refuses the append, and
+// the login is decided again on the user as it now is. So a refused login
+// has written nothing, and no session opens for a user who was no longer
+// active when it was written.
 func (h *Handler) Login(ctx context.Context, meta Meta, emailAddr, password string) (NewSession, error) {
 	addr, err := user.NormalizeEmail(emailAddr)
 	if err != nil {
 		return NewSession{}, ErrInvalidCredentials
 	}
+	var out NewSession
+	_, err = h.retry(ctx, func() (Result, error) {
+		var err error
+		out, err = h.login(ctx, meta, addr, password)
+		return Result{}, err
+	})
+	return out, err
+}
+
+func (h *Handler) login(ctx context.Context, meta Meta, addr, password string) (NewSession, error) {
 	owner, _, err := h.loadClaim(ctx, addr)
 	if err != nil {
 		return NewSession{}, err
@@ -86,23 +103,11 @@ func (h *Handler) Login(ctx context.Context, meta Meta, emailAddr, password stri
 	if err != nil {
 		return NewSession{}, err
 	}
-	res, err := h.write(ctx, eventstore.AppendRequest{Stream: SessionStream(sid), Expected: eventstore.NoStream, Events: data})
+	res, err := h.write(ctx,
+		eventstore.AppendRequest{Stream: SessionStream(sid), Expected: eventstore.NoStream, Events: data},
+		eventstore.AppendRequest{Stream: UserStream(owner), Expected: lu.version})
 	if err != nil {
 		return NewSession{}, fmt.Errorf("append %s: %w", SessionStream(sid), err)
-	}
-	// A deactivation, suspension or deletion may have landed between the
-	// check above and the append (they are different streams). Look again:
-	// if the user moved on, the new session is revoked at once and the login
-	// is refused, so no client holds a 201 for a user who was no longer active.
-	after, err := h.loadUser(ctx, owner)
-	if err != nil {
-		return NewSession{}, err
-	}
-	if after.version != lu.version && after.state.Status != user.StatusActive {
-		if _, err := h.RevokeSession(ctx, Meta{ActorID: System, CorrelationID: meta.CorrelationID}, sid, endReason(after.state.Status)); err != nil {
-			h.log.WarnContext(ctx, "revoke a login that raced its user's end", "stream", SessionStream(sid), "err", err)
-		}
-		return NewSession{}, user.ErrNotActive
 	}
 	return NewSession{Token: token, SessionID: sid, UserID: owner, ExpiresAt: expires, Position: res.Position}, nil
 }

@@ -120,6 +120,13 @@ type RecordedEvent struct {
 }
 
 // AppendRequest asks for events to be appended to one stream at an expected version.
+//
+// A request with no events is a check: it writes nothing, and the append it
+// is part of succeeds only if its stream is at Expected (an exact version, or
+// NoStream) when the append is written. It lets a decision that read one
+// stream write to another, e.g. a login that found its user active, which
+// must not land after the user was deactivated. An append needs at least one
+// request with events.
 type AppendRequest struct {
 	Stream   string
 	Expected int64

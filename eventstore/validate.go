@@ -7,8 +7,10 @@ import (
 )
 
 // CheckAppend checks an append before any I/O: at least one request, each
-// naming a stream, holding events with ids and types, no event id twice, and
-// within the adapter's limits (events, and bytes of data plus metadata).
+// naming a stream, holding events with ids and types or being a check (no
+// events, an exact expected version or NoStream), at least one event in all,
+// no event id twice, and within the adapter's limits (events, and bytes of
+// data plus metadata).
 // Faults wrap ErrInvalid; an append over a limit wraps ErrTooLarge.
 func CheckAppend(reqs []AppendRequest, maxEvents, maxBytes int) error {
 	if len(reqs) == 0 {
@@ -20,8 +22,8 @@ func CheckAppend(reqs []AppendRequest, maxEvents, maxBytes int) error {
 		switch {
 		case r.Stream == "":
 			return fmt.Errorf("request %d: empty stream name: %w", i, ErrInvalid)
-		case len(r.Events) == 0:
-			return fmt.Errorf("append to %q: no events: %w", r.Stream, ErrInvalid)
+		case len(r.Events) == 0 && r.Expected < NoStream:
+			return fmt.Errorf("append to %q: no events, and no version to check: %w", r.Stream, ErrInvalid)
 		case r.Expected < Any:
 			return fmt.Errorf("append to %q: bad expected version %d: %w", r.Stream, r.Expected, ErrInvalid)
 		}
@@ -40,6 +42,9 @@ func CheckAppend(reqs []AppendRequest, maxEvents, maxBytes int) error {
 		}
 		events += len(r.Events)
 	}
+	if events == 0 {
+		return fmt.Errorf("append of checks only, no events: %w", ErrInvalid)
+	}
 	if events > maxEvents {
 		return fmt.Errorf("%d events in one append, limit %d: %w", events, maxEvents, ErrTooLarge)
 	}
@@ -47,4 +52,15 @@ func CheckAppend(reqs []AppendRequest, maxEvents, maxBytes int) error {
 		return fmt.Errorf("%d bytes in one append, limit %d: %w", size, maxBytes, ErrTooLarge)
 	}
 	return nil
+}
+
+// FirstEvent is the id of the first event an append writes, the one a retry
+// is recognised by; CheckAppend makes sure there is one.
+func FirstEvent(reqs []AppendRequest) uuid.UUID {
+	for _, r := range reqs {
+		if len(r.Events) > 0 {
+			return r.Events[0].ID
+		}
+	}
+	return uuid.Nil
 }

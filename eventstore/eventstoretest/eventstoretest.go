@@ -48,6 +48,7 @@ func Run(t *testing.T, newStore func(t *testing.T) eventstore.Store) {
 		{"MultiStreamAppendIsAtomic", testMultiStreamAtomic},
 		{"IdempotentRetry", testIdempotentRetry},
 		{"IdempotentRetryMultiStream", testIdempotentRetryMultiStream},
+		{"CheckWithoutEvents", testCheck},
 		{"ReadStreamFromVersion", testReadStreamFrom},
 		{"ReadAllStrictlyAfterInOrder", testReadAllAfter},
 		{"ReadAllLimit", testReadAllLimit},
@@ -331,6 +332,53 @@ func testIdempotentRetryMultiStream(t *testing.T, s eventstore.Store) {
 	assert.Equal(t, first, again)
 	assert.Len(t, readStream(t, s, a, 0), 2)
 	assert.Len(t, readStream(t, s, b, 0), 3)
+}
+
+// A request without events checks its stream's version and writes nothing:
+// the append lands only where every check holds.
+func testCheck(t *testing.T, s eventstore.Store) {
+	checked, a, b := streamName("check"), streamName("check-a"), streamName("check-b")
+	appendOK(t, s, eventstore.AppendRequest{Stream: checked, Expected: eventstore.NoStream, Events: events(2)})
+
+	reqs := []eventstore.AppendRequest{
+		{Stream: a, Expected: eventstore.NoStream, Events: events(1)},
+		{Stream: checked, Expected: 1},
+	}
+	first := appendOK(t, s, reqs...)
+	assert.Equal(t, []int64{0, 1}, first.Versions, "a check's version is the one it found")
+	assert.Len(t, readStream(t, s, checked, 0), 2, "a check writes nothing")
+	gotA := readStream(t, s, a, 0)
+	require.Len(t, gotA, 1)
+	assert.Equal(t, gotA[0].Position, first.Position)
+
+	_, err := s.Append(ctxFor(t),
+		eventstore.AppendRequest{Stream: b, Expected: eventstore.NoStream, Events: events(1)},
+		eventstore.AppendRequest{Stream: checked, Expected: 0})
+	require.ErrorIs(t, err, eventstore.ErrWrongVersion, "a check of a version the stream has left")
+	assert.Empty(t, readStream(t, s, b, 0), "a failed check writes nothing")
+
+	_, err = s.Append(ctxFor(t),
+		eventstore.AppendRequest{Stream: checked, Expected: eventstore.NoStream},
+		eventstore.AppendRequest{Stream: b, Expected: eventstore.NoStream, Events: events(1)})
+	require.ErrorIs(t, err, eventstore.ErrWrongVersion, "a check that a stream does not exist, when it does")
+	assert.Empty(t, readStream(t, s, b, 0))
+
+	res := appendOK(t, s,
+		eventstore.AppendRequest{Stream: streamName("check-none"), Expected: eventstore.NoStream},
+		eventstore.AppendRequest{Stream: b, Expected: eventstore.NoStream, Events: events(1)})
+	assert.Equal(t, []int64{eventstore.NoStream, 0}, res.Versions)
+
+	// A retry is recognised by its events even when the checked stream
+	// has moved on since.
+	appendOK(t, s, eventstore.AppendRequest{Stream: checked, Expected: 1, Events: events(1)})
+	again, err := s.Append(ctxFor(t), reqs...)
+	require.NoError(t, err)
+	assert.Equal(t, first, again)
+	assert.Len(t, readStream(t, s, a, 0), 1)
+
+	_, err = s.Append(ctxFor(t), eventstore.AppendRequest{Stream: checked, Expected: 2})
+	assert.ErrorIs(t, err, eventstore.ErrInvalid, "an append of checks only")
+	assert.Len(t, readStream(t, s, checked, 0), 3)
 }
 
 // --- reads -------------------------------------------------------------------

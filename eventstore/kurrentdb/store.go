@@ -192,10 +192,13 @@ func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (e
 		versions []int64
 		written  eventstore.Position // as the server reported it; see locate
 	)
-	if len(reqs) == 1 {
-		versions, written, err = s.appendOne(ctx, c, reqs[0])
-	} else {
-		versions, written, err = s.appendMany(ctx, c, reqs)
+	writes, err := s.check(ctx, reqs)
+	switch {
+	case err != nil:
+	case len(writes) == 1:
+		versions, written, err = s.appendOne(ctx, c, writes[0])
+	default:
+		versions, written, err = s.appendMany(ctx, c, writes)
 	}
 	if err != nil {
 		if errors.Is(err, eventstore.ErrWrongVersion) {
@@ -205,7 +208,52 @@ func (s *Store) Append(ctx context.Context, reqs ...eventstore.AppendRequest) (e
 		}
 		return eventstore.AppendResult{}, err
 	}
-	return s.locate(ctx, reqs, versions, written)
+	res, err := s.locate(ctx, writes, versions, written)
+	if err != nil || len(writes) == len(reqs) {
+		return res, err
+	}
+	all := make([]int64, 0, len(reqs))
+	for _, r := range reqs {
+		if len(r.Events) == 0 {
+			all = append(all, r.Expected)
+		} else {
+			all = append(all, res.Versions[0])
+			res.Versions = res.Versions[1:]
+		}
+	}
+	res.Versions = all
+	return res, nil
+}
+
+// check makes the append's checks (its requests without events) and returns
+// the requests that write. The server's multi-stream append takes no request
+// without records, so a check is a read just before the write, not part of
+// it: a write to the checked stream may land between the two. Evident's one
+// check (a login's user) is backed by the session cleanup workflow, which
+// revokes a login that lands after its user was deactivated.
+func (s *Store) check(ctx context.Context, reqs []eventstore.AppendRequest) ([]eventstore.AppendRequest, error) {
+	writes := reqs[:0:0]
+	for _, r := range reqs {
+		if len(r.Events) > 0 {
+			writes = append(writes, r)
+			continue
+		}
+		// At v: v is there and v+1 is not; at NoStream: 0 is not there.
+		from := max(r.Expected, 0)
+		evs, err := s.readRange(ctx, r.Stream, from, 2)
+		if err != nil {
+			return nil, err
+		}
+		want := 1
+		if r.Expected == eventstore.NoStream {
+			want = 0
+		}
+		if len(evs) != want || want == 1 && evs[0].Version != r.Expected {
+			return nil, fmt.Errorf("kurrentdb eventstore: check of %q: expected version %d, the stream has moved: %w",
+				r.Stream, r.Expected, eventstore.ErrWrongVersion)
+		}
+	}
+	return writes, nil
 }
 
 func (s *Store) appendOne(ctx context.Context, c *kurrentdb.Client, r eventstore.AppendRequest) ([]int64, eventstore.Position, error) {
@@ -310,8 +358,13 @@ func (s *Store) locate(ctx context.Context, reqs []eventstore.AppendRequest, ver
 // first request expected eventstore.Any cannot be located and is not found.
 // Some events there and others not is ErrInvalid: their ids were reused.
 func (s *Store) earlierResult(ctx context.Context, reqs []eventstore.AppendRequest) (res eventstore.AppendResult, found bool, err error) {
+	first := eventstore.FirstEvent(reqs)
 	res.Versions = make([]int64, len(reqs))
 	for i, r := range reqs {
+		if len(r.Events) == 0 {
+			res.Versions[i] = r.Expected // a check's stream was where it expected
+			continue
+		}
 		if r.Expected == eventstore.Any {
 			return eventstore.AppendResult{}, false, nil
 		}
@@ -323,11 +376,11 @@ func (s *Store) earlierResult(ctx context.Context, reqs []eventstore.AppendReque
 			if j < len(evs) && evs[j].ID == e.ID {
 				continue
 			}
-			if i == 0 && j == 0 {
+			if e.ID == first {
 				return eventstore.AppendResult{}, false, nil
 			}
 			return eventstore.AppendResult{}, false, fmt.Errorf("kurrentdb eventstore: event %s is in the log but this append is not a retry of the one that wrote it (event %s differs): %w",
-				reqs[0].Events[0].ID, e.ID, eventstore.ErrInvalid)
+				first, e.ID, eventstore.ErrInvalid)
 		}
 		lastEv := evs[len(r.Events)-1]
 		res.Versions[i] = lastEv.Version
@@ -351,8 +404,8 @@ func validate(reqs []eventstore.AppendRequest, maxBytes int) error {
 			return fmt.Errorf("kurrentdb eventstore: request %d: empty stream name: %w", i, eventstore.ErrInvalid)
 		case r.Stream[0] == '$':
 			return fmt.Errorf("kurrentdb eventstore: append to %q: a system stream's name: %w", r.Stream, eventstore.ErrInvalid)
-		case len(r.Events) == 0:
-			return fmt.Errorf("kurrentdb eventstore: append to %q: no events: %w", r.Stream, eventstore.ErrInvalid)
+		case len(r.Events) == 0 && r.Expected < eventstore.NoStream:
+			return fmt.Errorf("kurrentdb eventstore: append to %q: no events, and no version to check: %w", r.Stream, eventstore.ErrInvalid)
 		case r.Expected < eventstore.Any:
 			return fmt.Errorf("kurrentdb eventstore: append to %q: bad expected version %d: %w", r.Stream, r.Expected, eventstore.ErrInvalid)
 		}
@@ -375,6 +428,9 @@ func validate(reqs []eventstore.AppendRequest, maxBytes int) error {
 			size += len(e.Data) + len(e.Metadata) + 2*len(e.Type)
 		}
 		events += len(r.Events)
+	}
+	if events == 0 {
+		return fmt.Errorf("kurrentdb eventstore: append of checks only, no events: %w", eventstore.ErrInvalid)
 	}
 	if events > MaxAppendEvents {
 		return fmt.Errorf("kurrentdb eventstore: %d events in one append, limit %d: %w", events, MaxAppendEvents, eventstore.ErrTooLarge)

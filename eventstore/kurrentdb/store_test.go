@@ -607,3 +607,47 @@ func isClosedErr(err error) bool {
 	return strings.Contains(err.Error(), "ErrorCodeConnectionClosed") || strings.Contains(err.Error(), "connection is closed") ||
 		strings.Contains(err.Error(), "maximum discovery attempt")
 }
+
+// A request without events is a check, made by reading the stream just
+// before the write (the server's appends take no request without records):
+// the write goes out only where the stream is at the version expected.
+func TestAppendCheckReadsBeforeItWrites(t *testing.T) {
+	t.Parallel()
+	srv := startScripted(t)
+	s := srv.open(t, Options{})
+	evs := eventsOf(t, 1)
+	userRead := streamRead("user-1",
+		storedEvent{0, uuid.New(), eventstore.At(10)},
+		storedEvent{1, uuid.New(), eventstore.At(20)},
+		storedEvent{2, uuid.New(), eventstore.At(30)})
+	var written []string
+	srv.set(func(s *scripted) {
+		s.append = func(o *v1.AppendReq_Options, _ []*v1.AppendReq_ProposedMessage) (*v1.AppendResp, error) {
+			written = append(written, string(o.GetStreamIdentifier().GetStreamName()))
+			return appended(0, eventstore.At(40)), nil
+		}
+		sessionRead := streamRead("session-1", storedEvent{0, evs[0].ID, eventstore.At(40)})
+		s.read = func(ctx context.Context, r *v1.ReadReq, send func(*v1.ReadResp) error) error {
+			if string(r.GetOptions().GetStream().GetStreamIdentifier().GetStreamName()) == "user-1" {
+				return userRead(ctx, r, send)
+			}
+			return sessionRead(ctx, r, send)
+		}
+	})
+	session := eventstore.AppendRequest{Stream: "session-1", Expected: eventstore.NoStream, Events: evs}
+
+	res, err := s.Append(t.Context(), session, eventstore.AppendRequest{Stream: "user-1", Expected: 2})
+	require.NoError(t, err)
+	assert.Equal(t, eventstore.AppendResult{Position: eventstore.At(40), Versions: []int64{0, 2}}, res)
+	assert.Equal(t, []string{"session-1"}, written, "the check's stream is read, not written")
+
+	other := eventstore.AppendRequest{Stream: "session-2", Expected: eventstore.NoStream, Events: eventsOf(t, 1)}
+	for _, exp := range []int64{1, eventstore.NoStream, 3} {
+		_, err = s.Append(t.Context(), other, eventstore.AppendRequest{Stream: "user-1", Expected: exp})
+		assert.ErrorIs(t, err, eventstore.ErrWrongVersion, "user-1 is at 2, not %d", exp)
+	}
+	assert.Equal(t, []string{"session-1"}, written, "a failed check writes nothing")
+
+	_, err = s.Append(t.Context(), eventstore.AppendRequest{Stream: "user-1", Expected: 2})
+	assert.ErrorIs(t, err, eventstore.ErrInvalid, "checks only")
+}

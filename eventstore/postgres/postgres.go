@@ -432,13 +432,13 @@ func (s *Store) earlierResult(ctx context.Context, reqs []eventstore.AppendReque
 		return res, false, wrap(ctx, "retry check", err)
 	}
 
-	first := reqs[0].Events[0].ID
+	first := eventstore.FirstEvent(reqs)
 	if _, ok := found2[first]; !ok {
 		return res, false, nil
 	}
 	res.Versions = make([]int64, len(reqs))
 	for i, r := range reqs {
-		var prev int64
+		prev := r.Expected // a check's stream was where it expected
 		for j, e := range r.Events {
 			a, ok := found2[e.ID]
 			if !ok || a.stream != r.Stream || (j > 0 && a.version != prev+1) {

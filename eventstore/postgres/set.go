@@ -75,12 +75,16 @@ type setArgs struct {
 }
 
 // buildSetArgs returns appendSet's arguments for group, or nil when a stream
-// is named twice in it (by two appends, or by two requests of one).
+// is named twice in it (by two appends, or by two requests of one) or a
+// request is a check, which has no row to carry it.
 func buildSetArgs(group []*call) *setArgs {
 	var names []string // one per request
 	n := 0
 	for _, c := range group {
 		for _, r := range c.reqs {
+			if len(r.Events) == 0 {
+				return nil
+			}
 			names = append(names, r.Stream)
 			n += len(r.Events)
 		}

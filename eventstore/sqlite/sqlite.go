@@ -427,9 +427,11 @@ func (s *Store) runGroup(ctx context.Context, tx *sql.Tx, alone *pending) (g gro
 			break
 		}
 		p := g.calls[i]
-		// A call of one event needs no savepoint: SQLite undoes a failed
-		// statement by itself, and the call writes nothing else.
-		savepoint := p.events > 1
+		// A call of one request with one event needs no savepoint: SQLite
+		// undoes a failed statement by itself, and the call writes nothing
+		// else. Any other call may fail after a write (a check comes after
+		// an event, say).
+		savepoint := p.events > 1 || len(p.reqs) > 1
 		if savepoint {
 			if _, err := st.get(ctx, &st.savepoint, s.stmts.savepoint).ExecContext(ctx); err != nil {
 				return g, false, wrap(ctx, "append: savepoint", err)
@@ -556,7 +558,7 @@ func earlierResult(ctx context.Context, q *sql.Stmt, reqs []eventstore.AppendReq
 		return true, nil
 	}
 
-	first := reqs[0].Events[0].ID
+	first := eventstore.FirstEvent(reqs)
 	if ok, err := lookup(first); err != nil || !ok {
 		return res, false, err
 	}
@@ -566,7 +568,7 @@ func earlierResult(ctx context.Context, q *sql.Stmt, reqs []eventstore.AppendReq
 	}
 	res.Versions = make([]int64, len(reqs))
 	for i, r := range reqs {
-		var prev int64
+		prev := r.Expected // a check's stream was where it expected
 		for j, e := range r.Events {
 			ok, err := lookup(e.ID)
 			if err != nil {
