@@ -111,9 +111,9 @@ const idempotencyKey = "evident.idempotency"
 // by one mark. The fingerprint is kept, and a registration's user id is
 // derived from it (derivedID), which the log keeps forever: a fast hash of
 // a password there would undo bcrypt. So a retry that changes only a secret
-// is taken as the same request. The body is hashed as the object it decodes to (keys in
-// order, no spacing), and one that is not a single JSON object is refused
-// here, before anything of it is kept.
+// is taken as the same request. The body is hashed as the object it decodes
+// to (keys in order, no spacing), and one that is not a single JSON object
+// is refused here, before anything of it is kept.
 func requestFingerprint(r *http.Request, body []byte) (string, error) {
 	h := sha256.New()
 	h.Write([]byte(r.Method + " " + r.URL.Path + "\n"))
