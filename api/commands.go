@@ -28,6 +28,8 @@ type (
 		Name     *string  `json:"name"`
 		Roles    []string `json:"roles"`
 		Password *string  `json:"password"`
+		// CurrentPassword proves a change of one's own e-mail or password.
+		CurrentPassword *string `json:"current_password"`
 	}
 	activationRequest struct {
 		Token    string  `json:"token"`
@@ -134,8 +136,11 @@ func (s *Server) update(c echo.Context) error {
 	if req.Roles != nil && !isAdmin(c) {
 		return problem(http.StatusForbidden, "forbidden", "only an admin may change roles")
 	}
-	res, err := s.cmd.Update(c.Request().Context(), s.meta(c), id,
-		commands.UpdateInput{Email: req.Email, Name: req.Name, Roles: req.Roles, Password: req.Password}, match)
+	in := commands.UpdateInput{Email: req.Email, Name: req.Name, Roles: req.Roles, Password: req.Password}
+	if req.CurrentPassword != nil {
+		in.CurrentPassword = *req.CurrentPassword
+	}
+	res, err := s.cmd.Update(c.Request().Context(), s.meta(c), id, in, match)
 	if err != nil {
 		return err
 	}

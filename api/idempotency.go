@@ -6,11 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"evident/commands"
 
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
@@ -79,11 +82,15 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 
 		rec := &recorder{ResponseWriter: c.Response().Writer}
 		c.Response().Writer = rec
-		if err := next(c); err != nil {
+		err = next(c)
+		if err != nil {
 			c.Error(err)
 		}
 		status := c.Response().Status
-		if status >= 500 {
+		// A wrong current password is not kept either: the fingerprint
+		// leaves secrets out, so the retry that corrects the typo under the
+		// same key would otherwise get the refusal back for good.
+		if status >= 500 || errors.Is(err, commands.ErrInvalidCurrentPassword) {
 			if err := s.q.AbandonIdempotent(ctx, scope, key); err != nil {
 				s.log.ErrorContext(ctx, "abandon idempotency key", "err", err)
 			}
@@ -100,13 +107,13 @@ const idempotencyKey = "evident.idempotency"
 
 // requestFingerprint tells a keyed request's retries from another request:
 // a hash of its method, path and body, in which the value of every secret
-// field (a password, an activation token) is replaced by one mark. The
-// fingerprint is kept, and a registration's user id is derived from it
-// (derivedID), which the log keeps forever: a fast hash of a password there
-// would undo bcrypt. So a retry that changes only a secret is taken as the
-// same request. The body is hashed as the object it decodes to (keys in
-// order, no spacing), and one that is not a single JSON object is refused
-// here, before anything of it is kept.
+// field (a password, a current password, an activation token) is replaced
+// by one mark. The fingerprint is kept, and a registration's user id is
+// derived from it (derivedID), which the log keeps forever: a fast hash of
+// a password there would undo bcrypt. So a retry that changes only a secret
+// is taken as the same request. The body is hashed as the object it decodes
+// to (keys in order, no spacing), and one that is not a single JSON object
+// is refused here, before anything of it is kept.
 func requestFingerprint(r *http.Request, body []byte) (string, error) {
 	h := sha256.New()
 	h.Write([]byte(r.Method + " " + r.URL.Path + "\n"))
@@ -139,7 +146,12 @@ func requestFingerprint(r *http.Request, body []byte) (string, error) {
 // secretField reports whether a request body's key names a secret, matched
 // as encoding/json matches keys to fields: without regard to case.
 func secretField(key string) bool {
-	return strings.EqualFold(key, "password") || strings.EqualFold(key, "token")
+	for _, f := range [...]string{"password", "current_password", "token"} {
+		if strings.EqualFold(key, f) {
+			return true
+		}
+	}
+	return false
 }
 
 // idNamespace derives the ids of resources a keyed request creates.

@@ -47,6 +47,21 @@ func TestFingerprintLeavesSecretsOut(t *testing.T) {
 	sum := sha256.Sum256([]byte(raw))
 	assert.NotEqual(t, hex.EncodeToString(sum[:]), base, "a plain hash of the body with its password")
 
+	// A self change's proof is as secret as the password it changes.
+	patch := fingerprintOf(t, "PATCH", "/v1/users/x", `{"password":"new password 1","current_password":"old password 1"}`)
+	for _, body := range []string{
+		`{"password":"new password 1","current_password":"a typo in it"}`,
+		`{"password":"another new one","Current_Password":"old password 1"}`,
+		`{"CURRENT_PASSWORD":"x","password":"y"}`,
+	} {
+		assert.Equal(t, patch, fingerprintOf(t, "PATCH", "/v1/users/x", body), body)
+	}
+	assert.NotEqual(t, patch, fingerprintOf(t, "PATCH", "/v1/users/x", `{"password":"new password 1"}`))
+	assert.NotEqual(t, patch, fingerprintOf(t, "PATCH", "/v1/users/x", `{"password":"new password 1","current_password":null}`))
+	raw = `PATCH /v1/users/x` + "\n" + `{"current_password":"old password 1","password":"secret"}`
+	sum = sha256.Sum256([]byte(raw))
+	assert.NotEqual(t, hex.EncodeToString(sum[:]), patch, "a plain hash of the body with its current password")
+
 	tok := fingerprintOf(t, "POST", "/v1/activations", `{"token":"act_abc"}`)
 	assert.Equal(t, tok, fingerprintOf(t, "POST", "/v1/activations", `{"Token":"act_xyz"}`))
 	assert.Equal(t, fingerprintOf(t, "POST", "/x", ""), fingerprintOf(t, "POST", "/x", "  \n"))

@@ -59,6 +59,9 @@ var mapping = []struct {
 	{commands.ErrConflict, http.StatusConflict, "concurrency_conflict", "the user kept changing under the request; retry"},
 	{commands.ErrPreconditionFailed, http.StatusPreconditionFailed, "precondition_failed", "the user changed since the ETag sent in If-Match"},
 	{commands.ErrInvalidCredentials, http.StatusUnauthorized, "invalid_credentials", "e-mail or password is wrong"},
+	// Not 401: the session is fine, and a client takes 401 for "log in again".
+	{commands.ErrInvalidCurrentPassword, http.StatusForbidden, "invalid_current_password", "current_password is not your password"},
+	{commands.ErrCurrentPasswordRequired, http.StatusUnprocessableEntity, "current_password_required", "changing your own e-mail or password needs your current password in current_password"},
 	{commands.ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated", "the bearer token is missing, unknown or no longer valid"},
 	{readmodels.ErrBadCursor, http.StatusBadRequest, "invalid_cursor", "the cursor is not one this list returned"},
 	{eventstore.ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large", "the change is larger than the store takes in one write"},
@@ -104,7 +107,11 @@ func toProblem(err error) *Problem {
 			if detail == "" {
 				detail = err.Error()
 			}
-			return problem(m.status, m.code, detail)
+			p := problem(m.status, m.code, detail)
+			if m.err == commands.ErrInvalidCurrentPassword || m.err == commands.ErrCurrentPasswordRequired {
+				p.Field = "current_password"
+			}
+			return p
 		}
 	}
 	return problem(http.StatusInternalServerError, "internal", "internal error")

@@ -168,7 +168,8 @@ func TestIfMatch(t *testing.T) {
 func TestSecretsNeverEnterTheLog(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	const pw1, pw2, pw3 = "first-password-1", "second-password-2", "third-password-3"
+	const pw1, pw2, pw3, pw4 = "first-password-1", "second-password-2", "third-password-3", "fourth-password-4"
+	const wrong = "a-wrong-current-password"
 	res, err := f.h.Register(ctx, admin, commands.RegisterInput{Email: "s@example.org", Name: "S", Password: pw1})
 	require.NoError(t, err)
 	tok, err := f.h.RequestActivation(ctx, admin, res.UserID, nil)
@@ -179,8 +180,13 @@ func TestSecretsNeverEnterTheLog(t *testing.T) {
 	require.NoError(t, err)
 	sess, err := f.h.Login(ctx, commands.Meta{}, "s@example.org", pw3)
 	require.NoError(t, err)
+	self := commands.Meta{ActorID: res.UserID.String()}
+	_, err = f.h.Update(ctx, self, res.UserID, commands.UpdateInput{Name: ptr("S2"), CurrentPassword: wrong}, nil)
+	require.ErrorIs(t, err, commands.ErrInvalidCurrentPassword)
+	_, err = f.h.Update(ctx, self, res.UserID, commands.UpdateInput{Password: ptr(pw4), CurrentPassword: pw3}, nil)
+	require.NoError(t, err)
 
-	secrets := []string{pw1, pw2, pw3, tok.Token, sess.Token}
+	secrets := []string{pw1, pw2, pw3, pw4, wrong, tok.Token, sess.Token}
 	evs := f.allEvents(t)
 	require.NotEmpty(t, evs)
 	for _, e := range evs {

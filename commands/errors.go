@@ -16,6 +16,13 @@ var (
 	// ErrUnauthenticated means a bearer token is missing, malformed, unknown,
 	// ended, expired, or belongs to a user who is no longer active.
 	ErrUnauthenticated = errors.New("commands: not authenticated")
+	// ErrCurrentPasswordRequired means a user changing their own e-mail
+	// address or password did not give their current password.
+	ErrCurrentPasswordRequired = errors.New("commands: current password required")
+	// ErrInvalidCurrentPassword means the current password a user gave to
+	// change their own profile does not match the one stored (or they have
+	// none). It is not ErrInvalidCredentials: the session stays valid.
+	ErrInvalidCurrentPassword = errors.New("commands: current password does not match")
 	// ErrSessionNotFound means no session has that id.
 	ErrSessionNotFound = errors.New("commands: session not found")
 )

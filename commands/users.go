@@ -129,10 +129,23 @@ type UpdateInput struct {
 	Name     *string
 	Roles    []string
 	Password *string
+	// CurrentPassword proves a self change (see Update); empty means not
+	// given. It is compared with the stored hash and kept nowhere.
+	CurrentPassword string
 }
 
 // Update changes a user's profile. A new address is claimed and the old one
 // released in the same atomic append.
+//
+// A self change — meta.ActorID names the user being changed, whatever the
+// actor's roles — of the e-mail address or the password needs the user's
+// current password in in.CurrentPassword: without it Update fails with
+// ErrCurrentPasswordRequired, with a wrong one (or when the user has no
+// password) with ErrInvalidCurrentPassword, and nothing is stored. A
+// current password given with any other self change is checked too; on
+// someone else's change (an admin's, a workflow's) it is ignored. The
+// check runs against the state the append expects, before anything is
+// written, new password hash included.
 func (h *Handler) Update(ctx context.Context, meta Meta, id uuid.UUID, in UpdateInput, ifMatch *int64) (Result, error) {
 	cmd := user.Update{By: meta.ActorID}
 	if in.Email != nil {
@@ -157,13 +170,41 @@ func (h *Handler) Update(ctx context.Context, meta Meta, id uuid.UUID, in Update
 		cmd.Roles = roles
 	}
 	if in.Password != nil {
-		credID, err := h.storePassword(ctx, id, *in.Password, true)
-		if err != nil {
+		if err := user.ValidatePassword(*in.Password); err != nil {
 			return Result{}, err
 		}
-		cmd.CredentialID = credID
 	}
+	self := meta.ActorID == id.String()
+	var proven *uuid.UUID // the credential in.CurrentPassword matched
 	return h.execUser(ctx, meta, id, ifMatch, func(lu loadedUser, now time.Time) (change, error) {
+		// A user that is missing or deleted fails as it always has,
+		// before any password is looked at.
+		if _, err := user.Decide(lu.state, user.Update{}, now); err != nil {
+			return change{}, err
+		}
+		if self {
+			credential := in.Password != nil || (cmd.Email != nil && *cmd.Email != lu.state.Email)
+			if credential && in.CurrentPassword == "" {
+				return change{}, ErrCurrentPasswordRequired
+			}
+			// A retry after a conflict checks again only if the password
+			// changed meanwhile: the proof must hold for the state appended to.
+			if in.CurrentPassword != "" && (proven == nil || lu.state.CredentialID == nil || *proven != *lu.state.CredentialID) {
+				if err := h.checkPassword(ctx, lu.state, in.CurrentPassword); err != nil {
+					return change{}, err
+				}
+				proven = lu.state.CredentialID
+			}
+		}
+		if in.Password != nil && cmd.CredentialID == nil {
+			// Once, even across retries: the hash is kept before the event
+			// that names it (see storePassword).
+			credID, err := h.storePassword(ctx, id, *in.Password, true)
+			if err != nil {
+				return change{}, err
+			}
+			cmd.CredentialID = credID
+		}
 		evs, err := user.Decide(lu.state, cmd, now)
 		if err != nil || len(evs) == 0 {
 			return change{events: evs}, err
@@ -197,6 +238,27 @@ func (h *Handler) Update(ctx context.Context, meta Meta, id uuid.UUID, in Update
 		}
 		return ch, nil
 	})
+}
+
+// checkPassword compares password with the user's stored hash, at one
+// bcrypt comparison's cost whether or not the user has a password (then
+// against a hash no password matches, and the answer is no).
+func (h *Handler) checkPassword(ctx context.Context, s user.State, password string) error {
+	hash := h.dummyHash()
+	if s.CredentialID != nil {
+		stored, err := h.creds.Credential(ctx, *s.CredentialID)
+		if err != nil {
+			return fmt.Errorf("load credential: %w", err)
+		}
+		hash = []byte(stored)
+	}
+	match := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	// bcrypt reads 72 bytes at most, and no stored password is longer: a
+	// longer one would match on its first 72 bytes alone.
+	if !match || s.CredentialID == nil || len(password) > 72 {
+		return ErrInvalidCurrentPassword
+	}
+	return nil
 }
 
 // releaseRequest frees the address a user holds, if it still holds it.
