@@ -209,6 +209,16 @@ func TestLoginChecks(t *testing.T) {
 	assert.ErrorIs(t, err, commands.ErrInvalidCredentials)
 	_, err = f.h.Login(ctx, commands.Meta{}, "not an address", "right-password")
 	assert.ErrorIs(t, err, commands.ErrInvalidCredentials)
+
+	// bcrypt reads 72 bytes: a longer attempt that starts with the right
+	// 72 would match on them alone, though no password is that long.
+	long := strings.Repeat("x", 72)
+	f.activeUser(t, "long@example.org", long)
+	_, err = f.h.Login(ctx, commands.Meta{}, "long@example.org", long+"anything")
+	assert.ErrorIs(t, err, commands.ErrInvalidCredentials, "72 right bytes and more")
+	_, err = f.h.Login(ctx, commands.Meta{}, "long@example.org", long)
+	assert.NoError(t, err)
+
 	s, err := f.h.Login(ctx, commands.Meta{}, " L@EXAMPLE.org", "right-password")
 	require.NoError(t, err)
 	p, err := f.h.Authenticate(ctx, s.Token)

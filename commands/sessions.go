@@ -70,17 +70,13 @@ func (h *Handler) login(ctx context.Context, meta Meta, addr, password string) (
 			return NewSession{}, err
 		}
 	}
-	hash := h.dummyHash()
-	if lu.state.Exists && lu.state.CredentialID != nil {
-		stored, err := h.creds.Credential(ctx, *lu.state.CredentialID)
-		if err != nil {
-			return NewSession{}, fmt.Errorf("load credential: %w", err)
+	// An unknown address has no credential, and costs the same bcrypt
+	// comparison as a wrong password (see checkPassword).
+	if err := h.checkPassword(ctx, lu.state, password); err != nil {
+		if errors.Is(err, ErrInvalidCurrentPassword) {
+			return NewSession{}, ErrInvalidCredentials
 		}
-		hash = []byte(stored)
-	}
-	match := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
-	if !match || !lu.state.Exists || lu.state.CredentialID == nil {
-		return NewSession{}, ErrInvalidCredentials
+		return NewSession{}, err
 	}
 	if lu.state.Status != user.StatusActive {
 		return NewSession{}, user.ErrNotActive
