@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 
@@ -35,7 +36,12 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 		if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 			return problem(http.StatusUnauthorized, "unauthenticated", "use Authorization: Bearer <token>")
 		}
-		p, err := s.cmd.Authenticate(c.Request().Context(), strings.TrimSpace(token))
+		token = strings.TrimSpace(token)
+		p, err := s.cmd.Authenticate(c.Request().Context(), token)
+		if errors.Is(err, commands.ErrUnauthenticated) && c.Request().Header.Get(idempotencyHeader) != "" {
+			// The retry of a command that spent this very token: see replaySpent.
+			return s.replaySpent(c, token, err)
+		}
 		if err != nil {
 			return err
 		}

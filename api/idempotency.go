@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"evident/commands"
+	"evident/readmodels"
 
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
@@ -23,24 +24,32 @@ import (
 // raw tokens are shown once and never stored.
 var secretFields = []string{"token"}
 
+// answerHeaders are the headers that belong to an answer, kept with it and
+// replayed: its content type, the stream version (ETag), what it created
+// (Location), that it did not wait for the read models (Preference-Applied:
+// a replay is that same answer) and the challenge a 401 carries. Headers
+// about the exchange itself (X-Request-Id, Date, Retry-After on a 503, which
+// is never kept) are the retry's own.
+var answerHeaders = []string{echo.HeaderContentType, "ETag", echo.HeaderLocation, "Preference-Applied", echo.HeaderWWWAuthenticate}
+
+const idempotencyHeader = "Idempotency-Key"
+
 // idempotent honours Idempotency-Key on a command: the first answer (below
 // 500) is kept, and a retry with the same key and the same request gets it
 // back without running the command again. A key reused for a different
 // request is refused, and so is a retry while the first is still running.
+//
+// Keys are scoped by caller: the principal's user id, or one shared scope
+// for anonymous requests (keys must be unguessable). The claim also names
+// the caller's session, for replaySpent.
 func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		key := c.Request().Header.Get("Idempotency-Key")
+		key := c.Request().Header.Get(idempotencyHeader)
 		if key == "" {
 			return next(c)
 		}
-		if len(key) > 200 {
-			return badParam("Idempotency-Key", "must be at most 200 characters")
-		}
-		// The key is stored as text: PostgreSQL refuses bytes that are not
-		// UTF-8 (a header may carry any byte from 0x80 up), which would be
-		// a 500 for the client's mistake.
-		if !utf8.ValidString(key) || strings.ContainsFunc(key, unicode.IsControl) {
-			return badParam("Idempotency-Key", "must be printable UTF-8")
+		if err := checkKey(key); err != nil {
+			return err
 		}
 		body, err := io.ReadAll(c.Request().Body)
 		if err != nil {
@@ -52,6 +61,10 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			return err
 		}
 		scope := actor(c) // anonymous requests share one scope: keys must be unguessable
+		session := ""
+		if p, ok := principal(c); ok {
+			session = p.SessionID.String()
+		}
 		// A claimed key must reach a recorded outcome: the claim, the command
 		// and its answer run to their end even when the client has gone away,
 		// so that the client's retry finds the answer. Under the request's
@@ -63,7 +76,7 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 		ctx := context.WithoutCancel(c.Request().Context())
 
 		c.Set(idempotencyKey, scope+"\n"+key+"\n"+fingerprint)
-		prev, err := s.q.BeginIdempotent(ctx, scope, key, fingerprint)
+		prev, err := s.q.BeginIdempotent(ctx, scope, key, fingerprint, session)
 		if err != nil {
 			return err
 		}
@@ -72,10 +85,9 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			case prev.Fingerprint != fingerprint:
 				return problem(http.StatusUnprocessableEntity, "idempotency_key_reused", "this Idempotency-Key was used for a different request")
 			case !prev.Done:
-				return problem(http.StatusConflict, "idempotency_key_in_use", "a request with this Idempotency-Key is still being processed")
+				return keyInUse()
 			}
-			c.Response().Header().Set("Idempotent-Replayed", "true")
-			return c.JSONBlob(prev.Status, prev.Body)
+			return replay(c, prev)
 		}
 
 		c.SetRequest(c.Request().WithContext(ctx))
@@ -96,11 +108,108 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			}
 			return nil
 		}
-		if err := s.q.FinishIdempotent(ctx, scope, key, status, redact(rec.buf.Bytes())); err != nil {
+		header := map[string]string{}
+		for _, name := range answerHeaders {
+			if v := c.Response().Header().Get(name); v != "" {
+				header[name] = v
+			}
+		}
+		if err := s.q.FinishIdempotent(ctx, scope, key, status, header, redact(rec.buf.Bytes())); err != nil {
 			s.log.ErrorContext(ctx, "keep idempotent response", "err", err)
 		}
 		return nil
 	}
+}
+
+// keyInUse is a fresh problem each time: the error handler fills its Instance.
+func keyInUse() error {
+	return problem(http.StatusConflict, "idempotency_key_in_use", "a request with this Idempotency-Key is still being processed")
+}
+
+// replaySpent answers a keyed request whose bearer token no longer
+// authenticates (refused is why) when it retries a command that token's own
+// session sent. A command can end the very session that sent it (log out,
+// revoke one's own session) or make its user inactive (an admin
+// deactivating, suspending or deleting themself); its retry must still get
+// the first answer rather than a 401 that reads as if nothing happened.
+//
+// The rule: the token must be one this service issued (its session exists
+// and the secret matches: commands.TokenHolder), and the key must hold,
+// under that token's user, a request with the same fingerprint claimed by
+// that same session. Then the answer is replayed, or 409 while the first
+// request is still running. Anything else — a token never issued, no such
+// key, a key another session of the user claimed, another request, a row
+// kept before sessions were recorded — gets the refusal the token earned,
+// so a spent token reveals nothing it did not already receive and can run
+// nothing. A token that does authenticate never comes here: idempotent
+// handles it, scoped by user as always.
+func (s *Server) replaySpent(c echo.Context, token string, refused error) error {
+	ctx := c.Request().Context()
+	userID, sessionID, err := s.cmd.TokenHolder(ctx, token)
+	if errors.Is(err, commands.ErrUnauthenticated) {
+		return refused
+	}
+	if err != nil {
+		return err
+	}
+	key := c.Request().Header.Get(idempotencyHeader)
+	if checkKey(key) != nil {
+		return refused
+	}
+	body, err := io.ReadAll(c.Request().Body)
+	if err != nil {
+		return refused
+	}
+	fingerprint, err := requestFingerprint(c.Request(), body)
+	if err != nil {
+		return refused
+	}
+	prev, err := s.q.LookupIdempotent(ctx, userID.String(), key)
+	if err != nil {
+		return err
+	}
+	if prev == nil || prev.Session != sessionID.String() || prev.Fingerprint != fingerprint {
+		return refused
+	}
+	if !prev.Done {
+		return keyInUse()
+	}
+	return replay(c, prev)
+}
+
+// replay sends a kept answer again, with the headers it was first sent
+// with. A row kept before headers were has none: its content type follows
+// from its status (problems are the only error bodies).
+func replay(c echo.Context, prev *readmodels.IdempotentResponse) error {
+	h := c.Response().Header()
+	for _, name := range answerHeaders {
+		if v, ok := prev.Header[name]; ok {
+			h.Set(name, v)
+		}
+	}
+	ct := h.Get(echo.HeaderContentType)
+	if ct == "" {
+		ct = echo.MIMEApplicationJSON
+		if prev.Status >= 400 {
+			ct = problemJSON
+		}
+	}
+	h.Set("Idempotent-Replayed", "true")
+	return c.Blob(prev.Status, ct, prev.Body)
+}
+
+// checkKey refuses an Idempotency-Key that cannot be kept.
+func checkKey(key string) error {
+	if len(key) > 200 {
+		return badParam(idempotencyHeader, "must be at most 200 characters")
+	}
+	// The key is stored as text: PostgreSQL refuses bytes that are not
+	// UTF-8 (a header may carry any byte from 0x80 up), which would be
+	// a 500 for the client's mistake.
+	if !utf8.ValidString(key) || strings.ContainsFunc(key, unicode.IsControl) {
+		return badParam(idempotencyHeader, "must be printable UTF-8")
+	}
+	return nil
 }
 
 const idempotencyKey = "evident.idempotency"

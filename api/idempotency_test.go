@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"evident/readmodels"
+
+	"github.com/labstack/echo/v4"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -65,6 +68,30 @@ func TestFingerprintLeavesSecretsOut(t *testing.T) {
 	tok := fingerprintOf(t, "POST", "/v1/activations", `{"token":"act_abc"}`)
 	assert.Equal(t, tok, fingerprintOf(t, "POST", "/v1/activations", `{"Token":"act_xyz"}`))
 	assert.Equal(t, fingerprintOf(t, "POST", "/x", ""), fingerprintOf(t, "POST", "/x", "  \n"))
+}
+
+// A row kept before headers were (nil Header) still replays, with the
+// content type its status implies.
+func TestReplayOfAnswerKeptWithoutHeaders(t *testing.T) {
+	e := echo.New()
+	for status, ct := range map[int]string{200: "application/json", 201: "application/json", 422: "application/problem+json"} {
+		rec := httptest.NewRecorder()
+		c := e.NewContext(httptest.NewRequest(http.MethodPost, "/v1/users", nil), rec)
+		require.NoError(t, replay(c, &readmodels.IdempotentResponse{Status: status, Body: []byte(`{"a":1}`), Done: true}))
+		assert.Equal(t, status, rec.Code)
+		assert.Equal(t, ct, rec.Header().Get("Content-Type"), "status %d", status)
+		assert.Equal(t, "true", rec.Header().Get("Idempotent-Replayed"))
+		assert.Empty(t, rec.Header().Get("ETag"))
+		assert.JSONEq(t, `{"a":1}`, rec.Body.String())
+	}
+	// Only the answer's own headers come back, whatever a row holds.
+	rec := httptest.NewRecorder()
+	c := e.NewContext(httptest.NewRequest(http.MethodPost, "/v1/users", nil), rec)
+	require.NoError(t, replay(c, &readmodels.IdempotentResponse{Status: 201, Body: []byte(`{}`), Done: true,
+		Header: map[string]string{"ETag": `"1"`, "Location": "/v1/users/x", "Content-Type": "application/json", "X-Request-Id": "old"}}))
+	assert.Equal(t, `"1"`, rec.Header().Get("ETag"))
+	assert.Equal(t, "/v1/users/x", rec.Header().Get("Location"))
+	assert.Empty(t, rec.Header().Get("X-Request-Id"))
 }
 
 // A keyed body that is not one JSON object is refused before anything of

@@ -117,6 +117,8 @@ func toProblem(err error) *Problem {
 	return problem(http.StatusInternalServerError, "internal", "internal error")
 }
 
+const problemJSON = "application/problem+json"
+
 // errorHandler is echo's HTTPErrorHandler: every error leaves as problem+json.
 // Only our faults (5xx) are logged.
 func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
@@ -139,7 +141,7 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		if p.Status == http.StatusUnauthorized {
 			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="evident"`)
 		}
-		c.Response().Header().Set(echo.HeaderContentType, "application/problem+json")
+		c.Response().Header().Set(echo.HeaderContentType, problemJSON)
 		c.Response().WriteHeader(p.Status)
 		_ = jsonEncode(c.Response(), p)
 	}

@@ -25,8 +25,9 @@ type Queries interface {
 	Sessions(ctx context.Context, userID uuid.UUID, status, cursor string, limit int) (readmodels.Page[readmodels.Session], error)
 	ActivationTokens(ctx context.Context, userID uuid.UUID, cursor string, limit int) (readmodels.Page[readmodels.ActivationToken], error)
 	Audit(ctx context.Context, f readmodels.AuditFilter) (readmodels.Page[readmodels.AuditRecord], error)
-	BeginIdempotent(ctx context.Context, scope, key, fingerprint string) (*readmodels.IdempotentResponse, error)
-	FinishIdempotent(ctx context.Context, scope, key string, status int, body []byte) error
+	BeginIdempotent(ctx context.Context, scope, key, fingerprint, session string) (*readmodels.IdempotentResponse, error)
+	LookupIdempotent(ctx context.Context, scope, key string) (*readmodels.IdempotentResponse, error)
+	FinishIdempotent(ctx context.Context, scope, key string, status int, header map[string]string, body []byte) error
 	AbandonIdempotent(ctx context.Context, scope, key string) error
 }
 

@@ -130,15 +130,11 @@ func (p Principal) HasRole(role string) bool {
 // It never consults a read model, so a revocation, logout or deactivation
 // that has been answered is in force at once.
 func (h *Handler) Authenticate(ctx context.Context, token string) (Principal, error) {
-	sid, hash, ok := parseToken(sessionPrefix, token)
-	if !ok {
-		return Principal{}, ErrUnauthenticated
-	}
-	s, _, err := h.loadSession(ctx, sid)
+	s, err := h.tokenSession(ctx, token)
 	if err != nil {
 		return Principal{}, err
 	}
-	if !s.Valid(h.now()) || subtle.ConstantTimeCompare([]byte(s.TokenHash), []byte(hash)) != 1 {
+	if !s.Valid(h.now()) {
 		return Principal{}, ErrUnauthenticated
 	}
 	lu, err := h.loadUser(ctx, s.UserID)
@@ -148,7 +144,37 @@ func (h *Handler) Authenticate(ctx context.Context, token string) (Principal, er
 	if !lu.state.Exists || lu.state.Status != user.StatusActive {
 		return Principal{}, ErrUnauthenticated
 	}
-	return Principal{UserID: s.UserID, SessionID: sid, Roles: lu.state.Roles}, nil
+	return Principal{UserID: s.UserID, SessionID: s.ID, Roles: lu.state.Roles}, nil
+}
+
+// TokenHolder names the user and session a session token was issued for,
+// whatever became of them since: the session may be closed or expired, the
+// user inactive or deleted. It proves only that the caller holds a token
+// this service gave out, and grants nothing: it is never a Principal. A token
+// that was never issued (unknown session, wrong secret) is ErrUnauthenticated.
+func (h *Handler) TokenHolder(ctx context.Context, token string) (userID, sessionID uuid.UUID, err error) {
+	s, err := h.tokenSession(ctx, token)
+	if err != nil {
+		return uuid.Nil, uuid.Nil, err
+	}
+	return s.UserID, s.ID, nil
+}
+
+// tokenSession is the session a token was issued for, in whatever state it
+// is now; ErrUnauthenticated when no session has that token.
+func (h *Handler) tokenSession(ctx context.Context, token string) (session.State, error) {
+	sid, hash, ok := parseToken(sessionPrefix, token)
+	if !ok {
+		return session.State{}, ErrUnauthenticated
+	}
+	s, _, err := h.loadSession(ctx, sid)
+	if err != nil {
+		return session.State{}, err
+	}
+	if !s.Exists || subtle.ConstantTimeCompare([]byte(s.TokenHash), []byte(hash)) != 1 {
+		return session.State{}, ErrUnauthenticated
+	}
+	return s, nil
 }
 
 // SessionOwner returns the user a session belongs to.

@@ -1,5 +1,33 @@
 package readmodels
 
+import "context"
+
+// MigrateTo brings the schema up or down to version, for tests of what a
+// migration does to rows kept before it.
+func (s *Store) MigrateTo(ctx context.Context, version int64) error {
+	p, err := s.migrations()
+	if err != nil {
+		return err
+	}
+	cur, err := p.GetDBVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if version < cur {
+		_, err = p.DownTo(ctx, version)
+	} else {
+		_, err = p.UpTo(ctx, version)
+	}
+	return err
+}
+
+// Exec runs one statement on the write pool, for tests that must write what
+// no method writes any more.
+func (s *Store) Exec(ctx context.Context, q string, args ...any) error {
+	_, err := s.write.ExecContext(ctx, q, args...)
+	return err
+}
+
 // Setting reads a server setting inside the transaction, for tests.
 func (t *Tx) Setting(name string) (string, error) {
 	q, err := t.reader()

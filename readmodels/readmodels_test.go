@@ -449,35 +449,112 @@ func TestIdempotencyKeys(t *testing.T) { eachDialect(t, testIdempotencyKeys) }
 func testIdempotencyKeys(t *testing.T, dialect string) {
 	ctx := context.Background()
 	rm := newStore(t, dialect)
-	got, err := rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp1")
+	got, err := rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp1", "")
 	require.NoError(t, err)
 	assert.Nil(t, got, "a new key is claimed")
 
-	got, err = rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp2")
+	got, err = rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp2", "")
 	require.NoError(t, err)
 	require.NotNil(t, got)
 	assert.Equal(t, readmodels.IdempotentResponse{Fingerprint: "fp1"}, *got, "pending")
 
-	got, err = rm.BeginIdempotent(ctx, "other scope", "k1", "fp1")
+	got, err = rm.BeginIdempotent(ctx, "other scope", "k1", "fp1", "")
 	require.NoError(t, err)
 	assert.Nil(t, got, "keys are per scope")
 
-	require.NoError(t, rm.FinishIdempotent(ctx, "POST /v1/users", "k1", 201, []byte(`{"id":"x"}`)))
-	assert.ErrorIs(t, rm.FinishIdempotent(ctx, "POST /v1/users", "k1", 500, nil), readmodels.ErrNotFound, "finished once")
-	got, err = rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp1")
+	require.NoError(t, rm.FinishIdempotent(ctx, "POST /v1/users", "k1", 201, nil, []byte(`{"id":"x"}`)))
+	assert.ErrorIs(t, rm.FinishIdempotent(ctx, "POST /v1/users", "k1", 500, nil, nil), readmodels.ErrNotFound, "finished once")
+	got, err = rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp1", "")
 	require.NoError(t, err)
 	require.NotNil(t, got)
 	assert.Equal(t, readmodels.IdempotentResponse{Fingerprint: "fp1", Status: 201, Body: []byte(`{"id":"x"}`), Done: true}, *got)
 
 	require.NoError(t, rm.AbandonIdempotent(ctx, "POST /v1/users", "k1"))
-	got, err = rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp1")
+	got, err = rm.BeginIdempotent(ctx, "POST /v1/users", "k1", "fp1", "")
 	require.NoError(t, err)
 	assert.NotNil(t, got, "a finished key is not abandoned")
 
 	require.NoError(t, rm.AbandonIdempotent(ctx, "other scope", "k1"))
-	got, err = rm.BeginIdempotent(ctx, "other scope", "k1", "fp9")
+	got, err = rm.BeginIdempotent(ctx, "other scope", "k1", "fp9", "")
 	require.NoError(t, err)
 	assert.Nil(t, got, "an abandoned key can be claimed again")
+}
+
+// A key keeps the session that claimed it and the answer's own headers, and
+// LookupIdempotent reads them without claiming anything.
+func TestIdempotencyKeepsSessionAndHeaders(t *testing.T) {
+	eachDialect(t, func(t *testing.T, dialect string) {
+		ctx := context.Background()
+		now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+		rm := newStore(t, dialect, readmodels.WithClock(func() time.Time { return now }), readmodels.WithIdempotencyLease(10*time.Second))
+
+		got, err := rm.LookupIdempotent(ctx, "user-1", "k1")
+		require.NoError(t, err)
+		assert.Nil(t, got, "a free key")
+		got, err = rm.LookupIdempotent(ctx, "user-1", "k1")
+		require.NoError(t, err)
+		assert.Nil(t, got, "a lookup claims nothing")
+
+		got, err = rm.BeginIdempotent(ctx, "user-1", "k1", "fp", "session-a")
+		require.NoError(t, err)
+		require.Nil(t, got)
+		got, err = rm.LookupIdempotent(ctx, "user-1", "k1")
+		require.NoError(t, err)
+		require.NotNil(t, got)
+		assert.Equal(t, readmodels.IdempotentResponse{Fingerprint: "fp", Session: "session-a"}, *got, "pending")
+
+		// Past the lease another session of the same caller takes the claim over.
+		now = now.Add(11 * time.Second)
+		got, err = rm.BeginIdempotent(ctx, "user-1", "k1", "fp", "session-b")
+		require.NoError(t, err)
+		require.Nil(t, got, "taken over")
+
+		header := map[string]string{"Content-Type": "application/json", "ETag": `"3"`, "Location": "/v1/users/x"}
+		require.NoError(t, rm.FinishIdempotent(ctx, "user-1", "k1", 201, header, []byte(`{"id":"x"}`)))
+		want := readmodels.IdempotentResponse{Fingerprint: "fp", Session: "session-b", Status: 201, Header: header, Body: []byte(`{"id":"x"}`), Done: true}
+		got, err = rm.LookupIdempotent(ctx, "user-1", "k1")
+		require.NoError(t, err)
+		require.NotNil(t, got)
+		assert.Equal(t, want, *got)
+		got, err = rm.BeginIdempotent(ctx, "user-1", "k1", "fp", "session-c")
+		require.NoError(t, err)
+		require.NotNil(t, got)
+		assert.Equal(t, want, *got, "a retry from another session sees who claimed the key")
+
+		got, err = rm.LookupIdempotent(ctx, "user-2", "k1")
+		require.NoError(t, err)
+		assert.Nil(t, got, "keys are per scope")
+	})
+}
+
+// Rows kept before migration 4 (no headers, no session) still replay after
+// it: with nil headers and no session. The migration goes down again.
+func TestIdempotencyRowsFromBeforeHeaders(t *testing.T) {
+	eachDialect(t, func(t *testing.T, dialect string) {
+		ctx := context.Background()
+		rm := newStore(t, dialect)
+		require.NoError(t, rm.MigrateTo(ctx, 3))
+		require.NoError(t, rm.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at, done)
+			VALUES ('user-1', 'old', 'fp', 200, $1, 1, $2)`, []byte(`{"status":"logged_out"}`), true))
+		require.NoError(t, rm.Migrate(ctx))
+
+		want := readmodels.IdempotentResponse{Fingerprint: "fp", Status: 200, Body: []byte(`{"status":"logged_out"}`), Done: true}
+		got, err := rm.LookupIdempotent(ctx, "user-1", "old")
+		require.NoError(t, err)
+		require.NotNil(t, got)
+		assert.Equal(t, want, *got)
+		got, err = rm.BeginIdempotent(ctx, "user-1", "old", "fp", "session-a")
+		require.NoError(t, err)
+		require.NotNil(t, got)
+		assert.Equal(t, want, *got)
+
+		require.NoError(t, rm.MigrateTo(ctx, 3), "down")
+		require.NoError(t, rm.Migrate(ctx), "and up again")
+		got, err = rm.LookupIdempotent(ctx, "user-1", "old")
+		require.NoError(t, err)
+		require.NotNil(t, got)
+		assert.Equal(t, want, *got)
+	})
 }
 
 func TestIdempotencyClaimLeaseTakeover(t *testing.T) {
@@ -485,34 +562,34 @@ func TestIdempotencyClaimLeaseTakeover(t *testing.T) {
 		ctx := context.Background()
 		now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
 		s := newStore(t, dialect, readmodels.WithClock(func() time.Time { return now }), readmodels.WithIdempotencyLease(10*time.Second))
-		prev, err := s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		prev, err := s.BeginIdempotent(ctx, "actor", "k1", "fp", "")
 		require.NoError(t, err)
 		require.Nil(t, prev)
 
-		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp", "")
 		require.NoError(t, err)
 		require.NotNil(t, prev, "within the lease the claim holds")
 		assert.False(t, prev.Done)
 
 		now = now.Add(11 * time.Second)
-		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "other-fp")
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "other-fp", "")
 		require.NoError(t, err)
 		require.NotNil(t, prev, "a different request never takes the key over")
-		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp", "")
 		require.NoError(t, err)
 		assert.Nil(t, prev, "past the lease the same request takes the key over")
-		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp", "")
 		require.NoError(t, err)
 		assert.NotNil(t, prev, "and holds it anew")
 
-		require.NoError(t, s.FinishIdempotent(ctx, "actor", "k1", 201, []byte(`{"ok":true}`)))
+		require.NoError(t, s.FinishIdempotent(ctx, "actor", "k1", 201, nil, []byte(`{"ok":true}`)))
 		now = now.Add(time.Hour)
-		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp")
+		prev, err = s.BeginIdempotent(ctx, "actor", "k1", "fp", "")
 		require.NoError(t, err)
 		require.NotNil(t, prev)
 		assert.True(t, prev.Done, "a finished answer is kept for replay")
 
-		_, err = s.BeginIdempotent(ctx, "actor", "k2", "fp")
+		_, err = s.BeginIdempotent(ctx, "actor", "k2", "fp", "")
 		require.NoError(t, err)
 		n, err := s.AbandonPendingIdempotent(ctx)
 		require.NoError(t, err)

@@ -107,9 +107,21 @@ func Open(ctx context.Context, dialect string, write, read *sql.DB, opts ...Opti
 // Migrate brings the schema to the newest version with goose, using the
 // migrations embedded for the Store's dialect.
 func (s *Store) Migrate(ctx context.Context) error {
+	p, err := s.migrations()
+	if err != nil {
+		return err
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("readmodels: migrate: %w", classify(err))
+	}
+	return nil
+}
+
+// migrations is the goose provider of the Store's dialect.
+func (s *Store) migrations() (*goose.Provider, error) {
 	fsys, err := fs.Sub(migrations, "migrations/"+s.dialect)
 	if err != nil {
-		return fmt.Errorf("readmodels: migrations: %w", classify(err))
+		return nil, fmt.Errorf("readmodels: migrations: %w", classify(err))
 	}
 	d := goose.DialectSQLite3
 	if s.dialect == DialectPostgres {
@@ -121,12 +133,9 @@ func (s *Store) Migrate(ctx context.Context) error {
 		goose.WithDisableGlobalRegistry(true),
 	)
 	if err != nil {
-		return fmt.Errorf("readmodels: migrations: %w", classify(err))
+		return nil, fmt.Errorf("readmodels: migrations: %w", classify(err))
 	}
-	if _, err := p.Up(ctx); err != nil {
-		return fmt.Errorf("readmodels: migrate: %w", classify(err))
-	}
-	return nil
+	return p, nil
 }
 
 // Update runs fn in one transaction on the write pool and commits it when fn

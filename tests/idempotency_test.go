@@ -165,3 +165,166 @@ func TestC08_KeyedRetryAfterKill(t *testing.T) {
 		assert.JSONEq(t, string(first.Body), string(r.Body), "replay of %s", key)
 	}
 }
+
+// TestC08_KeyedRetryAfterTheTokenIsSpent: a keyed command that ends the
+// session it was sent with (log out, revoke one's own session) or makes its
+// sender inactive (an admin deactivating or deleting themself) is retried
+// with the same token and key. The retry gets the first answer, headers
+// included, not a 401, and nothing runs twice.
+func TestC08_KeyedRetryAfterTheTokenIsSpent(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	key := func(what string) string { return fmt.Sprintf("c08-spent-%s-%d", what, time.Now().UnixNano()) }
+	retried := func(t *testing.T, method, path, token string, body any, k string) *Response {
+		t.Helper()
+		first := s.Do(t, method, path, token, body, "Idempotency-Key", k)
+		require.Equal(t, http.StatusOK, first.Status, "%s", first)
+		require.NotEmpty(t, first.Header.Get("ETag"), "the first answer carries the version")
+		r := s.Do(t, http.MethodGet, "/v1/users?limit=1", token, nil)
+		assertProblem(t, r, http.StatusUnauthorized, "unauthenticated", "the token is spent")
+		for i := range 2 {
+			again := s.Do(t, method, path, token, body, "Idempotency-Key", k)
+			if !assert.Equal(t, first.Status, again.Status, "retry %d: %s", i, again) {
+				continue
+			}
+			assert.Equal(t, "true", again.Header.Get("Idempotent-Replayed"), "retry %d", i)
+			assert.JSONEq(t, string(first.Body), string(again.Body), "retry %d", i)
+			assert.Equal(t, first.Header.Get("ETag"), again.Header.Get("ETag"), "retry %d", i)
+			assert.Equal(t, "application/json", again.Header.Get("Content-Type"), "retry %d", i)
+		}
+		return first
+	}
+	newAdmin := func(t *testing.T) (id, token string) {
+		email := uniqueEmail(t)
+		r := s.Do(t, http.MethodPost, "/v1/users", s.AdminToken, map[string]any{"email": email, "name": "Admin", "roles": []string{"admin"}})
+		require.Equal(t, http.StatusCreated, r.Status, "%s", r)
+		id, _ = r.JSON(t)["id"].(string)
+		s.ActivateUser(t, id, userPassword)
+		token, _ = s.Login(t, email, userPassword)
+		return id, token
+	}
+
+	t.Run("logout", func(t *testing.T) {
+		uid, email := s.NewActiveUser(t, "Leaving")
+		tok, sid := s.Login(t, email, userPassword)
+		first := retried(t, http.MethodDelete, "/v1/sessions/current", tok, nil, key("logout"))
+		assert.Equal(t, sid, first.JSON(t)["session_id"])
+		assert.Len(t, s.Audit(t, "user_id="+uid+"&action=user_logged_out"), 1, "logged out once")
+	})
+	t.Run("revoke own session", func(t *testing.T) {
+		uid, email := s.NewActiveUser(t, "Revoker")
+		tok, sid := s.Login(t, email, userPassword)
+		retried(t, http.MethodDelete, "/v1/sessions/"+sid, tok, map[string]any{"reason": "lost phone"}, key("revoke"))
+		assert.Len(t, s.Audit(t, "user_id="+uid+"&action=session_revoked"), 1, "revoked once")
+	})
+	t.Run("admin deactivates self", func(t *testing.T) {
+		id, tok := newAdmin(t)
+		first := retried(t, http.MethodPost, "/v1/users/"+id+"/deactivate", tok, map[string]any{"reason": "leaving"}, key("deactivate"))
+		assert.Equal(t, "inactive", first.JSON(t)["status"])
+		assert.Len(t, s.Audit(t, "user_id="+id+"&action=user_deactivated"), 1, "deactivated once")
+	})
+	t.Run("admin deletes self", func(t *testing.T) {
+		id, tok := newAdmin(t)
+		first := retried(t, http.MethodDelete, "/v1/users/"+id, tok, nil, key("delete"))
+		assert.Equal(t, "deleted", first.JSON(t)["status"])
+		assert.Len(t, s.Audit(t, "user_id="+id+"&action=user_deleted"), 1, "deleted once")
+	})
+}
+
+// TestC08_SpentTokenGetsOnlyItsOwnAnswers: the replay a spent token may get
+// is the answer its own session was given for that very request. Anyone
+// else, and that token with any other key or request, gets 401 and runs
+// nothing.
+func TestC08_SpentTokenGetsOnlyItsOwnAnswers(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	uid, email := s.NewActiveUser(t, "Owner")
+	tok, _ := s.Login(t, email, userPassword)
+	other, _ := s.Login(t, email, userPassword) // another session of the same user
+	k := fmt.Sprintf("c08-own-%d", time.Now().UnixNano())
+	r := s.Do(t, http.MethodDelete, "/v1/sessions/current", tok, nil, "Idempotency-Key", k)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+	r = s.Do(t, http.MethodDelete, "/v1/sessions/current", other, nil, "Idempotency-Key", k+"-other")
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+
+	_, strangerEmail := s.NewActiveUser(t, "Stranger")
+	stranger, _ := s.Login(t, strangerEmail, userPassword)
+	r = s.Do(t, http.MethodDelete, "/v1/sessions/current", stranger, nil, "Idempotency-Key", k+"-stranger")
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+
+	// The token with its secret changed names the same session.
+	last := tok[len(tok)-1]
+	forged := tok[:len(tok)-1] + map[bool]string{true: "B", false: "A"}[last == 'A']
+
+	for _, c := range []struct {
+		name, token, key string
+		body             any
+	}{
+		{"the same token, no key", tok, "", nil},
+		{"the same token, an unknown key", tok, k + "-unknown", nil},
+		{"the same token and key, another request", tok, k, map[string]any{}},
+		{"another spent session of the same user", other, k, nil},
+		{"another user's spent session", stranger, k, nil},
+		{"a forged token naming the session", forged, k, nil},
+		{"a token never issued", "evs_not-a-token", k, nil},
+		{"no token at all", "", k, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var h []string
+			if c.key != "" {
+				h = []string{"Idempotency-Key", c.key}
+			}
+			r := s.Do(t, http.MethodDelete, "/v1/sessions/current", c.token, c.body, h...)
+			assertProblem(t, r, http.StatusUnauthorized, "unauthenticated")
+			assert.Empty(t, r.Header.Get("Idempotent-Replayed"))
+			assert.NotEmpty(t, r.Header.Get("WWW-Authenticate"))
+		})
+	}
+	assert.Len(t, s.Audit(t, "user_id="+uid+"&action=user_logged_out"), 2, "each session logged out once")
+}
+
+// TestC08_ReplayKeepsTheAnswersHeaders: a replay carries the first answer's
+// own headers (ETag, Location, Content-Type, Preference-Applied), and the
+// retry's own request id, not the first one's.
+func TestC08_ReplayKeepsTheAnswersHeaders(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	k := fmt.Sprintf("c08-headers-%d", time.Now().UnixNano())
+	same := func(t *testing.T, first, again *Response, names ...string) {
+		t.Helper()
+		assert.Equal(t, "true", again.Header.Get("Idempotent-Replayed"))
+		assert.Equal(t, first.Status, again.Status)
+		assert.JSONEq(t, string(first.Body), string(again.Body))
+		for _, n := range names {
+			assert.NotEmpty(t, first.Header.Get(n), "the first answer has %s", n)
+			assert.Equal(t, first.Header.Get(n), again.Header.Get(n), n)
+		}
+	}
+
+	body := map[string]any{"email": uniqueEmail(t), "name": "Headers"}
+	first := s.Do(t, http.MethodPost, "/v1/users", s.AdminToken, body, "Idempotency-Key", k+"-register", "X-Request-Id", "c08-first")
+	require.Equal(t, http.StatusCreated, first.Status, "%s", first)
+	again := s.Do(t, http.MethodPost, "/v1/users", s.AdminToken, body, "Idempotency-Key", k+"-register", "X-Request-Id", "c08-again")
+	same(t, first, again, "ETag", "Location", "Content-Type")
+	assert.Equal(t, "c08-again", again.Header.Get("X-Request-Id"), "the request id is the retry's own")
+	id, _ := first.JSON(t)["id"].(string)
+
+	patch := map[string]any{"name": "Renamed"}
+	first = s.Do(t, http.MethodPatch, "/v1/users/"+id, s.AdminToken, patch, "Idempotency-Key", k+"-patch", "If-Match", first.Header.Get("ETag"))
+	require.Equal(t, http.StatusOK, first.Status, "%s", first)
+	again = s.Do(t, http.MethodPatch, "/v1/users/"+id, s.AdminToken, patch, "Idempotency-Key", k+"-patch", "If-Match", first.Header.Get("ETag"))
+	same(t, first, again, "ETag", "Content-Type")
+
+	first = s.Do(t, http.MethodPost, "/v1/users/"+id+"/suspend", s.AdminToken, nil, "Idempotency-Key", k+"-async", "Prefer", "respond-async")
+	require.Equal(t, http.StatusOK, first.Status, "%s", first)
+	again = s.Do(t, http.MethodPost, "/v1/users/"+id+"/suspend", s.AdminToken, nil, "Idempotency-Key", k+"-async")
+	same(t, first, again, "ETag", "Preference-Applied")
+
+	// A refusal is kept too, and replays as the problem it was.
+	bad := map[string]any{"email": "not an address"}
+	first = s.Do(t, http.MethodPatch, "/v1/users/"+id, s.AdminToken, bad, "Idempotency-Key", k+"-bad")
+	requireProblem(t, first, http.StatusUnprocessableEntity, "validation_failed")
+	again = s.Do(t, http.MethodPatch, "/v1/users/"+id, s.AdminToken, bad, "Idempotency-Key", k+"-bad")
+	assertProblem(t, again, http.StatusUnprocessableEntity, "validation_failed", "replayed refusal")
+	same(t, first, again, "Content-Type")
+}
