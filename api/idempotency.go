@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -234,8 +236,10 @@ func requestFingerprint(r *http.Request, body []byte) (string, error) {
 		if err := decodeJSON(body, &m); err != nil {
 			return "", err
 		}
-		for k, v := range m {
-			if secretField(k) {
+		// In key order: two spellings of one secret field must give one
+		// fingerprint whichever the map yields first.
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if v := m[k]; secretField(k) {
 				delete(m, k)
 				if string(v) != "null" {
 					v = json.RawMessage(`"secret"`)
@@ -252,12 +256,25 @@ func requestFingerprint(r *http.Request, body []byte) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// secretField reports whether a request body's key names a secret, matched
-// as encoding/json matches keys to fields: without regard to case.
+// secretWords mark a request body's field as secret wherever they appear in
+// its name: "password" and "current_password", but also a "newPassword" or
+// "refresh_token" should one ever be added, without a list to keep up. A field taken for a
+// secret by mistake only makes retries that differ in it count as one
+// request; a secret missed would be kept in a fast hash.
+var secretWords = []string{"password", "token", "secret"}
+
+// secretField reports whether a request body's key names a secret: it holds
+// one of secretWords, matched as encoding/json matches keys to fields,
+// without regard to case (Unicode simple folding: "paſſword" is a password).
 func secretField(key string) bool {
-	for _, f := range [...]string{"password", "current_password", "token"} {
-		if strings.EqualFold(key, f) {
-			return true
+	r := []rune(key)
+	for _, w := range secretWords {
+		n := utf8.RuneCountInString(w)
+		for i := 0; i+n <= len(r); i++ {
+			// Simple folding maps rune to rune, so a match has w's rune count.
+			if strings.EqualFold(string(r[i:i+n]), w) {
+				return true
+			}
 		}
 	}
 	return false

@@ -70,6 +70,34 @@ func TestFingerprintLeavesSecretsOut(t *testing.T) {
 	assert.Equal(t, fingerprintOf(t, "POST", "/x", ""), fingerprintOf(t, "POST", "/x", "  \n"))
 }
 
+// A secret field is known by a secret word anywhere in its name, in any
+// case: a current_password or refresh_token added one day is masked too,
+// and fields that are no secret are not.
+func TestFingerprintMasksFieldsNamedLikeSecrets(t *testing.T) {
+	for _, field := range []string{"current_password", "CurrentPassword", "new_PASSWORD", "oldpassword",
+		"current_paſſword", "refresh_token", "activationToken", "TOKEN_ID", "client_secret"} {
+		t.Run(field, func(t *testing.T) {
+			assert.True(t, secretField(field))
+			a := fingerprintOf(t, "PATCH", "/v1/users/x", `{"name":"A","`+field+`":"first secret"}`)
+			b := fingerprintOf(t, "PATCH", "/v1/users/x", `{"name":"A","`+field+`":"second secret"}`)
+			assert.Equal(t, a, b, "the value of %s is left out", field)
+			assert.NotEqual(t, a, fingerprintOf(t, "PATCH", "/v1/users/x", `{"name":"A","`+field+`":null}`), "absent and set differ")
+		})
+	}
+	for _, field := range []string{"email", "name", "roles", "reason", "pass", "word", "tok", "passwor"} {
+		assert.False(t, secretField(field), field)
+		assert.NotEqual(t,
+			fingerprintOf(t, "PATCH", "/v1/users/x", `{"`+field+`":"one"}`),
+			fingerprintOf(t, "PATCH", "/v1/users/x", `{"`+field+`":"two"}`), field)
+	}
+	// Two spellings of one field: one fingerprint, whatever order a map gives.
+	body := `{"password":"a","PASSWORD":null,"Password":"b"}`
+	first := fingerprintOf(t, "POST", "/v1/users", body)
+	for range 50 {
+		require.Equal(t, first, fingerprintOf(t, "POST", "/v1/users", body))
+	}
+}
+
 // A row kept before headers were (nil Header) still replays, with the
 // content type its status implies.
 func TestReplayOfAnswerKeptWithoutHeaders(t *testing.T) {
