@@ -272,6 +272,12 @@ func TestTokensRefusedAtOnce(t *testing.T) {
 			require.NoError(t, end(f, id, s))
 			_, err = f.h.Authenticate(ctx, s.Token)
 			assert.ErrorIs(t, err, commands.ErrUnauthenticated)
+
+			// The spent token still names whom it was issued to, and grants nothing.
+			uid, sid, err := f.h.TokenHolder(ctx, s.Token)
+			require.NoError(t, err)
+			assert.Equal(t, id, uid)
+			assert.Equal(t, s.SessionID, sid)
 		})
 	}
 }
@@ -289,6 +295,8 @@ func TestAuthenticateRejectsForgedTokens(t *testing.T) {
 	for _, tok := range []string{"", "evs_", "evs_!!!", forged, "evat_" + strings.TrimPrefix(s.Token, "evs_"), s.Token + "x"} {
 		_, err := f.h.Authenticate(ctx, tok)
 		assert.ErrorIs(t, err, commands.ErrUnauthenticated, "token %q", tok)
+		_, _, err = f.h.TokenHolder(ctx, tok)
+		assert.ErrorIs(t, err, commands.ErrUnauthenticated, "holder of token %q", tok)
 	}
 }
 
