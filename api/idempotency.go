@@ -22,10 +22,6 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// secretFields are removed from a response before it is kept for replay:
-// raw tokens are shown once and never stored.
-var secretFields = []string{"token"}
-
 // answerHeaders are the headers that belong to an answer, kept with it and
 // replayed: its content type, the stream version (ETag), what it created
 // (Location), that it did not wait for the read models (Preference-Applied:
@@ -295,16 +291,17 @@ func derivedID(c echo.Context) uuid.UUID {
 	return uuid.NewSHA1(idNamespace, []byte(v))
 }
 
-// redact drops secret fields from a JSON object body.
+// redact drops secret fields (secretField) from a JSON object body before
+// it is kept for replay: raw tokens are shown once and never stored.
 func redact(body []byte) []byte {
 	var m map[string]json.RawMessage
 	if json.Unmarshal(body, &m) != nil {
 		return body
 	}
 	changed := false
-	for _, f := range secretFields {
-		if _, ok := m[f]; ok {
-			delete(m, f)
+	for k := range m {
+		if secretField(k) {
+			delete(m, k)
 			changed = true
 		}
 	}

@@ -122,6 +122,15 @@ func TestReplayOfAnswerKeptWithoutHeaders(t *testing.T) {
 	assert.Empty(t, rec.Header().Get("X-Request-Id"))
 }
 
+// An answer is kept without its secrets, by the rule of the fingerprint.
+func TestRedactDropsSecretFields(t *testing.T) {
+	assert.JSONEq(t, `{"session_id":"s","expires_at":"e"}`,
+		string(redact([]byte(`{"token":"evs_x","session_id":"s","expires_at":"e","refresh_token":"r"}`))))
+	same := `{"id":"x", "name":"A"}`
+	assert.Equal(t, same, string(redact([]byte(same))), "a body without secrets is kept as it is")
+	assert.Equal(t, "not json", string(redact([]byte("not json"))))
+}
+
 // A keyed body that is not one JSON object is refused before anything of
 // it is kept, with the problem the command would have given.
 func TestFingerprintRefusesWhatCannotBeDecoded(t *testing.T) {
