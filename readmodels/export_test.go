@@ -1,6 +1,27 @@
 package readmodels
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// MigrationBefore is the schema version just before the migration whose
+// file name ends in name, whatever number each dialect gave it.
+func (s *Store) MigrationBefore(name string) (int64, error) {
+	p, err := s.migrations()
+	if err != nil {
+		return 0, err
+	}
+	var prev int64
+	for _, src := range p.ListSources() {
+		if strings.HasSuffix(src.Path, name) {
+			return prev, nil
+		}
+		prev = src.Version
+	}
+	return 0, fmt.Errorf("no migration %s", name)
+}
 
 // MigrateTo brings the schema up or down to version, for tests of what a
 // migration does to rows kept before it.

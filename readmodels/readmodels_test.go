@@ -527,13 +527,16 @@ func TestIdempotencyKeepsSessionAndHeaders(t *testing.T) {
 	})
 }
 
-// Rows kept before migration 4 (no headers, no session) still replay after
-// it: with nil headers and no session. The migration goes down again.
+// Rows kept before the idempotency_answer migration (no headers, no
+// session) still replay after it: with nil headers and no session. The
+// migration goes down again.
 func TestIdempotencyRowsFromBeforeHeaders(t *testing.T) {
 	eachDialect(t, func(t *testing.T, dialect string) {
 		ctx := context.Background()
 		rm := newStore(t, dialect)
-		require.NoError(t, rm.MigrateTo(ctx, 3))
+		before, err := rm.MigrationBefore("_idempotency_answer.sql")
+		require.NoError(t, err)
+		require.NoError(t, rm.MigrateTo(ctx, before))
 		require.NoError(t, rm.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at, done)
 			VALUES ('user-1', 'old', 'fp', 200, $1, 1, $2)`, []byte(`{"status":"logged_out"}`), true))
 		require.NoError(t, rm.Migrate(ctx))
@@ -548,7 +551,7 @@ func TestIdempotencyRowsFromBeforeHeaders(t *testing.T) {
 		require.NotNil(t, got)
 		assert.Equal(t, want, *got)
 
-		require.NoError(t, rm.MigrateTo(ctx, 3), "down")
+		require.NoError(t, rm.MigrateTo(ctx, before), "down")
 		require.NoError(t, rm.Migrate(ctx), "and up again")
 		got, err = rm.LookupIdempotent(ctx, "user-1", "old")
 		require.NoError(t, err)
