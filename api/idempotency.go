@@ -54,7 +54,7 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			return bind(c, &struct{}{}, false) // reports the read error as a problem
 		}
 		c.Request().Body = io.NopCloser(bytes.NewReader(body))
-		fingerprint, err := requestFingerprint(c.Request(), body)
+		fingerprint, secret, err := requestFingerprint(c.Request(), body)
 		if err != nil {
 			return err
 		}
@@ -97,10 +97,12 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			c.Error(err)
 		}
 		status := c.Response().Status
-		// A wrong current password is not kept either: the fingerprint
-		// leaves secrets out, so the retry that corrects the typo under the
-		// same key would otherwise get the refusal back for good.
-		if status >= 500 || errors.Is(err, commands.ErrInvalidCurrentPassword) {
+		// A failure is not kept, nor a refusal of a request that carried
+		// a secret: the fingerprint leaves secrets out, so the retry that
+		// corrects a mistyped password or token under the same key would
+		// get the refusal back for good. A refusal wrote nothing (C07), so
+		// running that retry is safe.
+		if status >= 500 || status >= 400 && secret {
 			if err := s.q.AbandonIdempotent(ctx, scope, key); err != nil {
 				s.log.ErrorContext(ctx, "abandon idempotency key", "err", err)
 			}
@@ -158,7 +160,7 @@ func (s *Server) replaySpent(c echo.Context, token string, refused error) error 
 	if err != nil {
 		return refused
 	}
-	fingerprint, err := requestFingerprint(c.Request(), body)
+	fingerprint, _, err := requestFingerprint(c.Request(), body)
 	if err != nil {
 		return refused
 	}
@@ -220,17 +222,18 @@ const idempotencyKey = "evident.idempotency"
 // a password there would undo bcrypt. So a retry that changes only a secret
 // is taken as the same request. The body is hashed as the object it decodes
 // to (keys in order, no spacing), and one that is not a single JSON object
-// is refused here, before anything of it is kept.
-func requestFingerprint(r *http.Request, body []byte) (string, error) {
+// is refused here, before anything of it is kept. secret tells whether a
+// secret field had a value.
+func requestFingerprint(r *http.Request, body []byte) (fingerprint string, secret bool, err error) {
 	h := sha256.New()
 	h.Write([]byte(r.Method + " " + r.URL.Path + "\n"))
 	if len(bytes.TrimSpace(body)) > 0 {
 		if err := checkJSONType(r); err != nil {
-			return "", err
+			return "", false, err
 		}
 		var m map[string]json.RawMessage
 		if err := decodeJSON(body, &m); err != nil {
-			return "", err
+			return "", false, err
 		}
 		// In key order: two spellings of one secret field must give one
 		// fingerprint whichever the map yields first.
@@ -239,17 +242,18 @@ func requestFingerprint(r *http.Request, body []byte) (string, error) {
 				delete(m, k)
 				if string(v) != "null" {
 					v = json.RawMessage(`"secret"`)
+					secret = true
 				}
 				m[strings.ToLower(k)] = v
 			}
 		}
 		canonical, err := json.Marshal(m)
 		if err != nil {
-			return "", err
+			return "", false, err
 		}
 		h.Write(canonical)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil)), secret, nil
 }
 
 // secretWords mark a request body's field as secret wherever they appear in

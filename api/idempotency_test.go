@@ -19,7 +19,7 @@ func fingerprintOf(t *testing.T, method, path, body string) string {
 	t.Helper()
 	r := httptest.NewRequest(method, path, strings.NewReader(body))
 	r.Header.Set("Content-Type", "application/json")
-	fp, err := requestFingerprint(r, []byte(body))
+	fp, _, err := requestFingerprint(r, []byte(body))
 	require.NoError(t, err, body)
 	return fp
 }
@@ -140,7 +140,7 @@ func TestFingerprintRefusesWhatCannotBeDecoded(t *testing.T) {
 		`{} {}`:                "malformed_json",
 	} {
 		r := httptest.NewRequest("POST", "/v1/users", strings.NewReader(body))
-		_, err := requestFingerprint(r, []byte(body))
+		_, _, err := requestFingerprint(r, []byte(body))
 		var p *Problem
 		require.ErrorAs(t, err, &p, body)
 		assert.Equal(t, code, p.Code, body)
@@ -148,7 +148,7 @@ func TestFingerprintRefusesWhatCannotBeDecoded(t *testing.T) {
 	}
 	r := httptest.NewRequest("POST", "/v1/users", strings.NewReader(`{}`))
 	r.Header.Set("Content-Type", "text/plain")
-	_, err := requestFingerprint(r, []byte(`{}`))
+	_, _, err := requestFingerprint(r, []byte(`{}`))
 	var p *Problem
 	require.ErrorAs(t, err, &p)
 	assert.Equal(t, "unsupported_media_type", p.Code)

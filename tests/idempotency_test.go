@@ -328,3 +328,35 @@ func TestC08_ReplayKeepsTheAnswersHeaders(t *testing.T) {
 	assertProblem(t, again, http.StatusUnprocessableEntity, "validation_failed", "replayed refusal")
 	same(t, first, again, "Content-Type")
 }
+
+// A refusal of a keyed request that carried a secret is not kept: the
+// fingerprint leaves secrets out, so the retry that corrects a mistyped
+// password or token under the same key is the same request to it, and must
+// run rather than get the refusal back. A success is kept as ever.
+func TestC08_KeyedRetryCorrectingASecretRuns(t *testing.T) {
+	s := startServer(t)
+	id, email := s.NewActiveUser(t, "Keyed Login")
+
+	key := []string{"Idempotency-Key", "login-" + id}
+	r := s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": "mistyped-password"}, key...)
+	assertProblem(t, r, http.StatusUnauthorized, "invalid_credentials", "keyed login, wrong password")
+	r = s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": userPassword}, key...)
+	require.Equal(t, http.StatusCreated, r.Status, "the corrected retry logs in: %s", r)
+	assert.Empty(t, r.Header.Get("Idempotent-Replayed"))
+	first, _ := r.JSON(t)["session_id"].(string)
+	require.NotEmpty(t, first)
+	r = s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": userPassword}, key...)
+	require.Equal(t, http.StatusCreated, r.Status, "%s", r)
+	assert.Equal(t, "true", r.Header.Get("Idempotent-Replayed"), "the success is kept")
+	assert.Equal(t, first, r.JSON(t)["session_id"], "one session, not two")
+
+	pending := s.RegisterUser(t, uniqueEmail(t), "Keyed Activation")
+	tok := s.RequestActivation(t, pending)
+	key = []string{"Idempotency-Key", "activate-" + pending}
+	r = s.Do(t, http.MethodPost, "/v1/activations", "", map[string]any{"token": tok + "x", "password": userPassword}, key...)
+	require.GreaterOrEqual(t, r.Status, 400, "a mistyped token: %s", r)
+	require.Less(t, r.Status, 500, "a mistyped token: %s", r)
+	r = s.Do(t, http.MethodPost, "/v1/activations", "", map[string]any{"token": tok, "password": userPassword}, key...)
+	require.Equal(t, http.StatusOK, r.Status, "the corrected retry activates: %s", r)
+	assert.Empty(t, r.Header.Get("Idempotent-Replayed"))
+}
