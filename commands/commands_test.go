@@ -2,6 +2,7 @@ package commands_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -654,4 +655,22 @@ func TestRacingRetriedRegistration(t *testing.T) {
 	assert.Equal(t, first.User, again.User)
 	assert.Equal(t, first.Version, again.Version)
 	assert.Zero(t, again.Appended)
+}
+
+// The cleanup workflow sees every event of the log and acts on four types:
+// the others are passed over before anything of them is decoded (a
+// registration's events cost it nothing), while one of its own that cannot
+// be read is still an error, to be retried and parked.
+func TestSessionCleanupReadsOnlyItsOwnEvents(t *testing.T) {
+	f := newFixture(t)
+	w := commands.NewSessionCleanup(f.h, time.Second)
+	bad := eventstore.RecordedEvent{ID: uuid.New(), Stream: "user-x", Metadata: json.RawMessage(`not json`), Data: json.RawMessage(`{}`)}
+	for _, typ := range []string{user.TypeCreated, user.TypeUpdated, "email.claimed"} {
+		bad.Type = typ
+		assert.NoError(t, w.Handle(context.Background(), bad), typ)
+	}
+	for _, typ := range []string{user.TypeDeactivated, user.TypeDeleted, session.TypeLoggedIn} {
+		bad.Type = typ
+		assert.Error(t, w.Handle(context.Background(), bad), typ)
+	}
 }

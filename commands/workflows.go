@@ -41,6 +41,11 @@ func (*SessionCleanup) After() []string { return []string{"sessions"} }
 
 // Handle reacts to one event.
 func (w *SessionCleanup) Handle(ctx context.Context, ev eventstore.RecordedEvent) error {
+	switch ev.Type {
+	case user.TypeDeactivated, user.TypeStatusChanged, user.TypeDeleted, session.TypeLoggedIn:
+	default:
+		return nil // most events: nothing to decode
+	}
 	ctx, cancel := context.WithTimeout(ctx, w.timeout)
 	defer cancel()
 	md, err := decodeMeta(ev)
