@@ -3,8 +3,10 @@ package postgres
 import (
 	"context"
 	"io/fs"
+	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -80,4 +82,104 @@ func TestMigratesForwardFromStreamsTable(t *testing.T) {
 	var version int64
 	require.NoError(t, pool.QueryRow(ctx, `SELECT version FROM streams WHERE stream = 'a'`).Scan(&version))
 	assert.Equal(t, int64(4), version)
+}
+
+// Stream names compare byte by byte (migration 00005): the column's
+// collation is "C", the (stream, version) index still serves every
+// statement that searches it by stream, and the migration goes down and up
+// again over a log that keeps its events and versions.
+func TestStreamCollationIsC(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := pgtest.URL(t)
+	pool, err := pgxpool.New(ctx, url)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	s, err := New(ctx, pool)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, s.Close()) })
+
+	collation := func() string {
+		t.Helper()
+		var c *string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT collation_name FROM information_schema.columns
+			WHERE table_schema = current_schema() AND table_name = 'events' AND column_name = 'stream'`).Scan(&c))
+		if c == nil {
+			return "default"
+		}
+		return *c
+	}
+	assert.Equal(t, "C", collation())
+
+	streams := []string{"user-b", "user-A", "user-é"}
+	for _, st := range streams {
+		_, err := s.Append(ctx, one(st, eventstore.NoStream), one(st+"x", eventstore.NoStream))
+		require.NoError(t, err)
+	}
+
+	// Every statement that looks a stream up searches the index by it: a
+	// stream compared in another collation than the index's would be no
+	// Index Cond but a Filter over the whole index. Sequential scans are
+	// priced out, for the table is tiny.
+	conn, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	_, err = conn.Exec(ctx, `SET enable_seqscan = off`)
+	require.NoError(t, err)
+	a := buildSetArgs([]*call{newCall(ctx, one("user-b", 0)), newCall(ctx, one("user-c", eventstore.NoStream))})
+	require.NotNil(t, a)
+	for name, q := range map[string]struct {
+		sql  string
+		args []any
+	}{
+		"read stream":            {selectEvents + ` WHERE stream = $1 AND version >= $2 ORDER BY version`, []any{"user-b", int64(0)}},
+		"append set":             {appendSet, []any{a.stream, a.expected, a.offset, a.id, a.typ, a.data, a.meta, a.locks}},
+		"append each":            {appendEach, []any{a.stream, a.expected, a.id, a.typ, a.data, a.meta, a.locks}},
+		"evident_append's check": {`SELECT max(e.version) FROM events AS e WHERE e.stream = ($1::text[])[1]`, []any{[]string{"user-b"}}},
+		"missed": {`SELECT (SELECT max(e.version) FROM events AS e WHERE e.stream = m.stream)
+			FROM unnest($1::text[]) WITH ORDINALITY AS m(stream, i) ORDER BY m.i`, []any{[]string{"user-b"}}},
+	} {
+		rows, err := conn.Query(ctx, `EXPLAIN `+q.sql, q.args...)
+		require.NoError(t, err, name)
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err, name)
+		plan := strings.Join(lines, "\n")
+		t.Logf("%s:\n%s", name, plan)
+		assert.Regexp(t, `events_stream_version_key .*\n.*Index Cond: \(+(x\.|e\.)?stream = `, plan, name)
+		assert.NotContains(t, plan, "Seq Scan on events", name)
+		assert.NotRegexp(t, `Filter: .*stream =`, plan, name)
+	}
+	conn.Release()
+
+	fsys, err := fs.Sub(migrations, "migrations")
+	require.NoError(t, err)
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
+		goose.WithTableName(versionTable), goose.WithDisableGlobalRegistry(true))
+	require.NoError(t, err)
+	_, err = p.DownTo(ctx, 4)
+	require.NoError(t, err)
+	assert.Equal(t, "default", collation())
+	_, err = p.Up(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "C", collation())
+
+	// A store opened after the round trip reads and appends as before.
+	pool2, err := pgxpool.New(ctx, url)
+	require.NoError(t, err)
+	t.Cleanup(pool2.Close)
+	s2, err := New(ctx, pool2)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, s2.Close()) })
+	for _, st := range streams {
+		evs, err := s2.ReadStream(ctx, st, 0)
+		require.NoError(t, err)
+		require.Len(t, evs, 1, st)
+		res, err := s2.Append(ctx, one(st, 0))
+		require.NoError(t, err)
+		assert.Equal(t, []int64{1}, res.Versions, st)
+		_, err = s2.Append(ctx, one(st, 0))
+		assert.ErrorIs(t, err, eventstore.ErrWrongVersion, st)
+	}
 }
