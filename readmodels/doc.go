@@ -7,8 +7,10 @@
 // projection's rows and its checkpoint are written in one transaction
 // (Store.Update). The SQL is kept portable between SQLite and PostgreSQL:
 // $N placeholders, ON CONFLICT upserts, times as BIGINT unix microseconds
-// (UTC), ids as TEXT, JSON as TEXT. Migrations are per dialect, embedded, and
-// run by goose with their own version table (goose_readmodels).
+// (UTC), ids as TEXT, JSON as TEXT. Identifiers compare bytewise: SQLite's
+// BINARY, and on PostgreSQL COLLATE "C" on the identifier columns indexes hold
+// (migration 00004). Migrations are per dialect, embedded, and run by goose
+// with their own version table (goose_readmodels).
 //
 // On PostgreSQL the pools come from pgx v5 (github.com/jackc/pgx/v5/stdlib).
 // Several processes may then share the database: Leases (session advisory

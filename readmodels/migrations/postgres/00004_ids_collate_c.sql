@@ -5,7 +5,7 @@
 -- other than "C" or "POSIX" (en_US.UTF-8, and C.UTF-8 too on PostgreSQL 15)
 -- each comparison is a strcoll() of copies of both strings; in "C" it is a
 -- memcmp, and sorts and index builds may use abbreviated keys. Every
--- projection batch inserts into these indexes (audit alone has five), and a
+-- projection batch inserts into these indexes (four of audit's six), and a
 -- rebuild builds them all.
 --
 -- No answer changes: equality is byte equality in every deterministic
