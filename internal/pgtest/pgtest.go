@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // EnvURL names the server tests run against; EnvRequire, when "1", turns a missing
@@ -66,8 +68,19 @@ func URL(t testing.TB) string {
 			return
 		}
 		defer conn.Close(context.Background())
-		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
-			t.Errorf("pgtest: drop schema %s: %v", schema, err)
+		// A server the test killed may leave backends running a statement
+		// until they notice; the drop can then lose a deadlock to one of
+		// them, which is ended by the same detector: try again.
+		for try := 1; ; try++ {
+			_, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+			var pgErr *pgconn.PgError
+			if err != nil && try < 5 && errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+				continue
+			}
+			if err != nil {
+				t.Errorf("pgtest: drop schema %s: %v", schema, err)
+			}
+			return
 		}
 	})
 
