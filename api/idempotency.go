@@ -54,14 +54,14 @@ func (s *Server) idempotent(next echo.HandlerFunc) echo.HandlerFunc {
 			return bind(c, &struct{}{}, false) // reports the read error as a problem
 		}
 		c.Request().Body = io.NopCloser(bytes.NewReader(body))
-		fingerprint, secret, err := requestFingerprint(c.Request(), body)
-		if err != nil {
-			return err
-		}
 		scope := actor(c) // anonymous requests share one scope: keys must be unguessable
 		session := ""
 		if p, ok := principal(c); ok {
 			session = p.SessionID.String()
+		}
+		fingerprint, secret, err := requestFingerprint(c.Request(), body, session)
+		if err != nil {
+			return err
 		}
 		// A claimed key must reach a recorded outcome: the claim, the command
 		// and its answer run to their end even when the client has gone away,
@@ -160,7 +160,7 @@ func (s *Server) replaySpent(c echo.Context, token string, refused error) error 
 	if err != nil {
 		return refused
 	}
-	fingerprint, _, err := requestFingerprint(c.Request(), body)
+	fingerprint, _, err := requestFingerprint(c.Request(), body, sessionID.String())
 	if err != nil {
 		return refused
 	}
@@ -215,18 +215,27 @@ func checkKey(key string) error {
 const idempotencyKey = "evident.idempotency"
 
 // requestFingerprint tells a keyed request's retries from another request:
-// a hash of its method, path and body, in which the value of every secret
-// field (a password, a current password, an activation token) is replaced
-// by one mark. The fingerprint is kept, and a registration's user id is
-// derived from it (derivedID), which the log keeps forever: a fast hash of
-// a password there would undo bcrypt. So a retry that changes only a secret
-// is taken as the same request. The body is hashed as the object it decodes
-// to (keys in order, no spacing), and one that is not a single JSON object
-// is refused here, before anything of it is kept. secret tells whether a
-// secret field had a value.
-func requestFingerprint(r *http.Request, body []byte) (fingerprint string, secret bool, err error) {
+// a hash of its method, path and body. A path that names the caller's own
+// session (/sessions/current) is taken with that session's id, session: a
+// logout from another session is another request. In the body, the value of
+// every password-like secret field (a password, a current password) is
+// replaced by one mark: the fingerprint is kept, and a registration's user
+// id is derived from it (derivedID), which the log keeps forever, so a fast
+// hash of a password there would undo bcrypt; a retry that changes only a
+// password is taken as the same request. A token field (an activation
+// token: 256 random bits, kept as its SHA-256 anyway) is taken as its
+// SHA-256, so that a request without the token cannot pass for a retry of
+// one that had it, and be answered with what the token gave. The body is
+// hashed as the object it decodes to (keys in order, no spacing), and one
+// that is not a single JSON object is refused here, before anything of it
+// is kept. secret tells whether a secret field had a value.
+func requestFingerprint(r *http.Request, body []byte, session string) (fingerprint string, secret bool, err error) {
 	h := sha256.New()
-	h.Write([]byte(r.Method + " " + r.URL.Path + "\n"))
+	path := r.URL.Path
+	if session != "" && strings.HasSuffix(path, "/sessions/current") {
+		path = strings.TrimSuffix(path, "current") + session
+	}
+	h.Write([]byte(r.Method + " " + path + "\n"))
 	if len(bytes.TrimSpace(body)) > 0 {
 		if err := checkJSONType(r); err != nil {
 			return "", false, err
@@ -241,8 +250,13 @@ func requestFingerprint(r *http.Request, body []byte) (fingerprint string, secre
 			if v := m[k]; secretField(k) {
 				delete(m, k)
 				if string(v) != "null" {
-					v = json.RawMessage(`"secret"`)
 					secret = true
+					if holdsWord(k, "token") {
+						sum := sha256.Sum256(v)
+						v = json.RawMessage(`"sha256:` + hex.EncodeToString(sum[:]) + `"`)
+					} else {
+						v = json.RawMessage(`"secret"`)
+					}
 				}
 				m[strings.ToLower(k)] = v
 			}
@@ -267,14 +281,23 @@ var secretWords = []string{"password", "token", "secret"}
 // one of secretWords, matched as encoding/json matches keys to fields,
 // without regard to case (Unicode simple folding: "paſſword" is a password).
 func secretField(key string) bool {
-	r := []rune(key)
 	for _, w := range secretWords {
-		n := utf8.RuneCountInString(w)
-		for i := 0; i+n <= len(r); i++ {
-			// Simple folding maps rune to rune, so a match has w's rune count.
-			if strings.EqualFold(string(r[i:i+n]), w) {
-				return true
-			}
+		if holdsWord(key, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// holdsWord reports whether key holds w, matched as encoding/json matches
+// keys to fields, without regard to case (Unicode simple folding).
+func holdsWord(key, w string) bool {
+	r := []rune(key)
+	n := utf8.RuneCountInString(w)
+	for i := 0; i+n <= len(r); i++ {
+		// Simple folding maps rune to rune, so a match has w's rune count.
+		if strings.EqualFold(string(r[i:i+n]), w) {
+			return true
 		}
 	}
 	return false

@@ -19,14 +19,14 @@ func fingerprintOf(t *testing.T, method, path, body string) string {
 	t.Helper()
 	r := httptest.NewRequest(method, path, strings.NewReader(body))
 	r.Header.Set("Content-Type", "application/json")
-	fp, _, err := requestFingerprint(r, []byte(body))
+	fp, _, err := requestFingerprint(r, []byte(body), "")
 	require.NoError(t, err, body)
 	return fp
 }
 
 // The fingerprint (kept, and the seed of a registration's user id, which
 // the log keeps) holds no fast hash of a secret: bodies that differ only
-// in a password or token, under any spelling of the key encoding/json
+// in a password, under any spelling of the key encoding/json
 // accepts, have one fingerprint; any other difference tells them apart.
 func TestFingerprintLeavesSecretsOut(t *testing.T) {
 	base := fingerprintOf(t, "POST", "/v1/users", `{"email":"a@b.co","name":"A","password":"correct horse"}`)
@@ -65,9 +65,30 @@ func TestFingerprintLeavesSecretsOut(t *testing.T) {
 	sum = sha256.Sum256([]byte(raw))
 	assert.NotEqual(t, hex.EncodeToString(sum[:]), patch, "a plain hash of the body with its current password")
 
-	tok := fingerprintOf(t, "POST", "/v1/activations", `{"token":"act_abc"}`)
-	assert.Equal(t, tok, fingerprintOf(t, "POST", "/v1/activations", `{"Token":"act_xyz"}`))
+	// A token is taken as its SHA-256 (it is 256 random bits, kept hashed
+	// anyway): a request with another token is another request, so it is
+	// never answered with what the first token gave.
+	tok := fingerprintOf(t, "POST", "/v1/activations", `{"token":"act_abc","password":"p1"}`)
+	assert.Equal(t, tok, fingerprintOf(t, "POST", "/v1/activations", `{"Token":"act_abc","password":"p2"}`))
+	assert.NotEqual(t, tok, fingerprintOf(t, "POST", "/v1/activations", `{"token":"act_xyz","password":"p1"}`))
+	raw = `POST /v1/activations` + "\n" + `{"password":"secret","token":"act_abc"}`
+	sum = sha256.Sum256([]byte(raw))
+	assert.NotEqual(t, hex.EncodeToString(sum[:]), tok)
 	assert.Equal(t, fingerprintOf(t, "POST", "/x", ""), fingerprintOf(t, "POST", "/x", "  \n"))
+}
+
+// A logout names the caller's own session: from two sessions it is two
+// requests, and the second is not answered with the first's logout.
+func TestFingerprintOfOwnSessionPathNamesTheSession(t *testing.T) {
+	of := func(path, session string) string {
+		r := httptest.NewRequest("DELETE", path, nil)
+		fp, _, err := requestFingerprint(r, nil, session)
+		require.NoError(t, err)
+		return fp
+	}
+	assert.NotEqual(t, of("/v1/sessions/current", "s1"), of("/v1/sessions/current", "s2"))
+	assert.Equal(t, of("/v1/sessions/current", "s1"), of("/v1/sessions/current", "s1"))
+	assert.Equal(t, of("/v1/sessions/s1", "s2"), of("/v1/sessions/s1", "s3"), "an explicit id is the id")
 }
 
 // A secret field is known by a secret word anywhere in its name, in any
@@ -80,7 +101,11 @@ func TestFingerprintMasksFieldsNamedLikeSecrets(t *testing.T) {
 			assert.True(t, secretField(field))
 			a := fingerprintOf(t, "PATCH", "/v1/users/x", `{"name":"A","`+field+`":"first secret"}`)
 			b := fingerprintOf(t, "PATCH", "/v1/users/x", `{"name":"A","`+field+`":"second secret"}`)
-			assert.Equal(t, a, b, "the value of %s is left out", field)
+			if holdsWord(field, "token") {
+				assert.NotEqual(t, a, b, "%s is taken as its hash", field)
+			} else {
+				assert.Equal(t, a, b, "the value of %s is left out", field)
+			}
 			assert.NotEqual(t, a, fingerprintOf(t, "PATCH", "/v1/users/x", `{"name":"A","`+field+`":null}`), "absent and set differ")
 		})
 	}
@@ -140,7 +165,7 @@ func TestFingerprintRefusesWhatCannotBeDecoded(t *testing.T) {
 		`{} {}`:                "malformed_json",
 	} {
 		r := httptest.NewRequest("POST", "/v1/users", strings.NewReader(body))
-		_, _, err := requestFingerprint(r, []byte(body))
+		_, _, err := requestFingerprint(r, []byte(body), "")
 		var p *Problem
 		require.ErrorAs(t, err, &p, body)
 		assert.Equal(t, code, p.Code, body)
@@ -148,7 +173,7 @@ func TestFingerprintRefusesWhatCannotBeDecoded(t *testing.T) {
 	}
 	r := httptest.NewRequest("POST", "/v1/users", strings.NewReader(`{}`))
 	r.Header.Set("Content-Type", "text/plain")
-	_, _, err := requestFingerprint(r, []byte(`{}`))
+	_, _, err := requestFingerprint(r, []byte(`{}`), "")
 	var p *Problem
 	require.ErrorAs(t, err, &p)
 	assert.Equal(t, "unsupported_media_type", p.Code)

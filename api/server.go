@@ -123,7 +123,10 @@ func (s *Server) Routes() {
 	cmd("deactivate", http.MethodPost, "/users/:id/deactivate", s.deactivate, s.require(roleAdmin))
 	cmd("suspend", http.MethodPost, "/users/:id/suspend", s.suspend, s.require(roleAdmin))
 	cmd("delete", http.MethodDelete, "/users/:id", s.deleteUser, s.require(roleAdmin))
-	cmd("login", http.MethodPost, "/sessions", s.login)
+	// A login is not replayed: its answer is a raw token, which is never
+	// kept, and a replay without it would be no answer at all. A retried
+	// login opens another session; an Idempotency-Key on it is ignored.
+	v1.POST("/sessions", s.login, s.metrics.command("login"))
 	cmd("logout", http.MethodDelete, "/sessions/current", s.logout, s.require(roleAny))
 	cmd("revoke_session", http.MethodDelete, "/sessions/:id", s.revokeSession, s.require(roleAny))
 

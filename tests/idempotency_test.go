@@ -330,33 +330,67 @@ func TestC08_ReplayKeepsTheAnswersHeaders(t *testing.T) {
 }
 
 // A refusal of a keyed request that carried a secret is not kept: the
-// fingerprint leaves secrets out, so the retry that corrects a mistyped
-// password or token under the same key is the same request to it, and must
-// run rather than get the refusal back. A success is kept as ever.
+// fingerprint leaves passwords out, so the retry that corrects a mistyped
+// password or token under the same key must run rather than get the refusal
+// back. A success is kept, and replayed only to a request with the same
+// token: the activation's answer names the user it activated.
 func TestC08_KeyedRetryCorrectingASecretRuns(t *testing.T) {
 	s := startServer(t)
-	id, email := s.NewActiveUser(t, "Keyed Login")
-
-	key := []string{"Idempotency-Key", "login-" + id}
-	r := s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": "mistyped-password"}, key...)
-	assertProblem(t, r, http.StatusUnauthorized, "invalid_credentials", "keyed login, wrong password")
-	r = s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": userPassword}, key...)
-	require.Equal(t, http.StatusCreated, r.Status, "the corrected retry logs in: %s", r)
-	assert.Empty(t, r.Header.Get("Idempotent-Replayed"))
-	first, _ := r.JSON(t)["session_id"].(string)
-	require.NotEmpty(t, first)
-	r = s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": userPassword}, key...)
-	require.Equal(t, http.StatusCreated, r.Status, "%s", r)
-	assert.Equal(t, "true", r.Header.Get("Idempotent-Replayed"), "the success is kept")
-	assert.Equal(t, first, r.JSON(t)["session_id"], "one session, not two")
-
 	pending := s.RegisterUser(t, uniqueEmail(t), "Keyed Activation")
 	tok := s.RequestActivation(t, pending)
-	key = []string{"Idempotency-Key", "activate-" + pending}
-	r = s.Do(t, http.MethodPost, "/v1/activations", "", map[string]any{"token": tok + "x", "password": userPassword}, key...)
+	key := []string{"Idempotency-Key", "activate-" + pending}
+	r := s.Do(t, http.MethodPost, "/v1/activations", "", map[string]any{"token": tok + "x", "password": userPassword}, key...)
 	require.GreaterOrEqual(t, r.Status, 400, "a mistyped token: %s", r)
 	require.Less(t, r.Status, 500, "a mistyped token: %s", r)
 	r = s.Do(t, http.MethodPost, "/v1/activations", "", map[string]any{"token": tok, "password": userPassword}, key...)
 	require.Equal(t, http.StatusOK, r.Status, "the corrected retry activates: %s", r)
 	assert.Empty(t, r.Header.Get("Idempotent-Replayed"))
+	r = s.Do(t, http.MethodPost, "/v1/activations", "", map[string]any{"token": tok, "password": "another-password-1"}, key...)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+	assert.Equal(t, "true", r.Header.Get("Idempotent-Replayed"), "the success is kept")
+
+	r = s.Do(t, http.MethodPost, "/v1/activations", "", map[string]any{"token": "evat_guessed", "password": userPassword}, key...)
+	assertProblem(t, r, http.StatusUnprocessableEntity, "idempotency_key_reused", "the key without the token")
+	assert.NotContains(t, string(r.Body), pending, "nothing of the first answer")
+}
+
+// A login is not replayed (its answer is a token, never kept): a keyed
+// retry, after a mistyped password or after a success, logs in anew, and a
+// wrong password under a key that once logged in is refused.
+func TestKeyedLoginIsNotReplayed(t *testing.T) {
+	s := startServer(t)
+	_, email := s.NewActiveUser(t, "Keyed Login")
+	key := []string{"Idempotency-Key", "login-" + email}
+	r := s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": "mistyped-password"}, key...)
+	assertProblem(t, r, http.StatusUnauthorized, "invalid_credentials", "keyed login, wrong password")
+	sessions := map[string]bool{}
+	for range 2 {
+		r = s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": userPassword}, key...)
+		require.Equal(t, http.StatusCreated, r.Status, "%s", r)
+		assert.Empty(t, r.Header.Get("Idempotent-Replayed"))
+		tok, _ := r.JSON(t)["token"].(string)
+		require.NotEmpty(t, tok, "every login answers with its token")
+		sessions[r.JSON(t)["session_id"].(string)] = true
+	}
+	assert.Len(t, sessions, 2)
+	r = s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": email, "password": "mistyped-password"}, key...)
+	assertProblem(t, r, http.StatusUnauthorized, "invalid_credentials", "a wrong password after successes")
+}
+
+// A logout names the caller's session: the same key from another session
+// of the same user is another request, not a replay of the first logout.
+func TestC08_KeyedLogoutFromAnotherSession(t *testing.T) {
+	s := startServer(t)
+	_, email := s.NewActiveUser(t, "Two Sessions")
+	first, _ := s.Login(t, email, userPassword)
+	second, _ := s.Login(t, email, userPassword)
+	key := []string{"Idempotency-Key", "logout-" + email}
+	r := s.Do(t, http.MethodDelete, "/v1/sessions/current", first, nil, key...)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+	r = s.Do(t, http.MethodDelete, "/v1/sessions/current", second, nil, key...)
+	assertProblem(t, r, http.StatusUnprocessableEntity, "idempotency_key_reused", "the second session's logout")
+	r = s.Do(t, http.MethodGet, "/v1/users?email="+email, second, nil)
+	assert.NotEqual(t, http.StatusUnauthorized, r.Status, "the second session is still open: it was not logged out, and was not told it was")
+	r = s.Do(t, http.MethodDelete, "/v1/sessions/current", second, nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
 }
