@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -663,4 +666,20 @@ func revocationsByActor(t testing.TB, rows []map[string]any) map[string][2]int64
 		out[a] = c
 	}
 	return out
+}
+
+// The read-only tools pointed at a directory without a store say so, and
+// leave no empty store behind them to be mistaken for the real one.
+func TestReadToolsNeedAnExistingStore(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, args := range [][]string{{"stream", "user-" + uuid.NewString()}, {"state", uuid.NewString()}} {
+		cmd := exec.Command(binPath, append(args, "--data-dir", dir)...)
+		out, err := cmd.CombinedOutput()
+		require.Error(t, err, "%v: %s", args, out)
+		assert.Contains(t, string(out), "no embedded store at", args)
+	}
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "nothing created")
 }

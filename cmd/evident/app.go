@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -45,7 +48,16 @@ func (w *lateWaiter) WaitFor(ctx context.Context, pos eventstore.Position) error
 
 // Open wires stores → handler → projections → HTTP. It starts no goroutine.
 // exclusive takes the embedded store's lock: one serving process per file.
+// The other opens are the read-only tools', which need the store to exist:
+// pointed at the wrong directory, they would create an empty store and
+// report that the stream or user is not in it.
 func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*Main, error) {
+	if !exclusive && cfg.backend() == embedded {
+		file := filepath.Join(cfg.DataDir, "evident.db")
+		if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("no embedded store at %s: give the serving process's directory (--data-dir or EVIDENT_DATA_DIR)", file)
+		}
+	}
 	st, err := openStores(ctx, cfg, exclusive)
 	if err != nil {
 		return nil, err
