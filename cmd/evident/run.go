@@ -54,6 +54,9 @@ func dispatch(ctx context.Context, args []string, out io.Writer) error {
 	}
 	level, _ := cfg.level()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// What logs to slog's default (a rebuild's progress, say) writes the
+	// same JSON lines.
+	slog.SetDefault(log)
 	for _, name := range cfg.Unknown {
 		log.Warn("ignoring an unknown setting; is it misspelt?", "variable", name)
 	}
