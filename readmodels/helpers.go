@@ -2,8 +2,10 @@ package readmodels
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -56,22 +58,33 @@ func parsePosition(s string) (eventstore.Position, error) {
 	return p, nil
 }
 
-// Cursors are opaque to clients: base64url of a few fields joined by "|".
-func encodeCursor(fields ...string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strings.Join(fields, "|")))
+// Cursors are opaque to clients: base64url of a few fields joined by "|",
+// the first of which names the list they page through (listOf): its
+// filters and order. A cursor is only taken by the list that made it;
+// handed to another (other filters, the other order) it is ErrBadCursor,
+// not the start of a page of something else.
+func encodeCursor(list string, fields ...string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strings.Join(append([]string{list}, fields...), "|")))
 }
 
-// decodeCursor returns the n fields of a cursor, or ErrBadCursor.
-func decodeCursor(c string, n int) ([]string, error) {
+// decodeCursor returns the n fields of a cursor list made, or ErrBadCursor.
+func decodeCursor(c, list string, n int) ([]string, error) {
 	b, err := base64.RawURLEncoding.DecodeString(c)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadCursor, err)
 	}
 	f := strings.Split(string(b), "|")
-	if len(f) != n {
+	if len(f) != n+1 || f[0] != list {
 		return nil, ErrBadCursor
 	}
-	return f, nil
+	return f[1:], nil
+}
+
+// listOf names a list by what selects and orders it: a short hash, so
+// that a cursor carries no filter value.
+func listOf(parts ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return hex.EncodeToString(sum[:6])
 }
 
 func cursorInt(s string) (int64, error) {

@@ -78,8 +78,9 @@ func (s *Store) Users(ctx context.Context, f UserFilter) (Page[User], error) {
 	if f.Email != "" {
 		where = append(where, "email = "+a.add(f.Email))
 	}
+	list := listOf("users", f.Status, f.Email)
 	if f.Cursor != "" {
-		c, err := decodeCursor(f.Cursor, 1)
+		c, err := decodeCursor(f.Cursor, list, 1)
 		if err != nil {
 			return Page[User]{}, err
 		}
@@ -108,7 +109,7 @@ func (s *Store) Users(ctx context.Context, f UserFilter) (Page[User], error) {
 	page := Page[User]{Items: items}
 	if len(items) > limit {
 		page.Items = items[:limit]
-		page.NextCursor = encodeCursor(items[limit-1].ID.String())
+		page.NextCursor = encodeCursor(list, items[limit-1].ID.String())
 	}
 	return page, nil
 }
@@ -193,8 +194,9 @@ func (s *Store) Sessions(ctx context.Context, userID uuid.UUID, status, cursor s
 	default:
 		return Page[Session]{}, fmt.Errorf("readmodels: no session status %q", status)
 	}
+	list := listOf("sessions", userID.String(), status)
 	if cursor != "" {
-		c, err := decodeCursor(cursor, 2)
+		c, err := decodeCursor(cursor, list, 2)
 		if err != nil {
 			return Page[Session]{}, err
 		}
@@ -217,7 +219,7 @@ func (s *Store) Sessions(ctx context.Context, userID uuid.UUID, status, cursor s
 	if len(items) > limit {
 		last := items[limit-1]
 		page.Items = items[:limit]
-		page.NextCursor = encodeCursor(strconv.FormatInt(micros(last.CreatedAt), 10), last.ID.String())
+		page.NextCursor = encodeCursor(list, strconv.FormatInt(micros(last.CreatedAt), 10), last.ID.String())
 	}
 	return page, nil
 }
@@ -293,8 +295,9 @@ func (s *Store) ActivationTokens(ctx context.Context, userID uuid.UUID, cursor s
 	limit = pageLimit(limit)
 	var a args
 	where := []string{"user_id = " + a.add(userID.String())}
+	list := listOf("activation_tokens", userID.String())
 	if cursor != "" {
-		c, err := decodeCursor(cursor, 2)
+		c, err := decodeCursor(cursor, list, 2)
 		if err != nil {
 			return Page[ActivationToken]{}, err
 		}
@@ -314,7 +317,7 @@ func (s *Store) ActivationTokens(ctx context.Context, userID uuid.UUID, cursor s
 	if len(items) > limit {
 		last := items[limit-1]
 		page.Items = items[:limit]
-		page.NextCursor = encodeCursor(strconv.FormatInt(micros(last.CreatedAt), 10), last.TokenHash)
+		page.NextCursor = encodeCursor(list, strconv.FormatInt(micros(last.CreatedAt), 10), last.TokenHash)
 	}
 	return page, nil
 }
@@ -410,8 +413,13 @@ func (s *Store) Audit(ctx context.Context, f AuditFilter) (Page[AuditRecord], er
 	if f.Desc {
 		op, dir = "<", "DESC"
 	}
+	user := ""
+	if f.UserID != nil {
+		user = f.UserID.String()
+	}
+	list := listOf("audit", user, f.ActorID, f.Action, strconv.FormatInt(micros(f.From), 10), strconv.FormatInt(micros(f.To), 10), dir)
 	if f.Cursor != "" {
-		c, err := decodeCursor(f.Cursor, 1)
+		c, err := decodeCursor(f.Cursor, list, 1)
 		if err != nil {
 			return Page[AuditRecord]{}, err
 		}
@@ -442,7 +450,7 @@ func (s *Store) Audit(ctx context.Context, f AuditFilter) (Page[AuditRecord], er
 	page := Page[AuditRecord]{Items: items}
 	if len(items) > limit {
 		page.Items = items[:limit]
-		page.NextCursor = encodeCursor(items[limit-1].Position.String())
+		page.NextCursor = encodeCursor(list, items[limit-1].Position.String())
 	}
 	return page, nil
 }

@@ -122,6 +122,11 @@ func testUsersPagesAndFilters(t *testing.T, dialect string) {
 		_, err = rm.Users(ctx, readmodels.UserFilter{Cursor: bad})
 		assert.ErrorIs(t, err, readmodels.ErrBadCursor, bad)
 	}
+	p, err = rm.Users(ctx, readmodels.UserFilter{Limit: 2})
+	require.NoError(t, err)
+	require.NotEmpty(t, p.NextCursor)
+	_, err = rm.Users(ctx, readmodels.UserFilter{Status: "pending", Cursor: p.NextCursor})
+	assert.ErrorIs(t, err, readmodels.ErrBadCursor, "another list's cursor")
 }
 
 func TestSessionsShowExpiryAtQueryTime(t *testing.T) {
@@ -188,6 +193,10 @@ func testSessionsShowExpiryAtQueryTime(t *testing.T, dialect string) {
 
 	_, err = rm.Sessions(ctx, userID, "", "%%%", 0)
 	assert.ErrorIs(t, err, readmodels.ErrBadCursor)
+	_, err = rm.Sessions(ctx, userID, "open", p1.NextCursor, 2)
+	assert.ErrorIs(t, err, readmodels.ErrBadCursor, "another list's cursor")
+	_, err = rm.Sessions(ctx, uuid.New(), "", p1.NextCursor, 2)
+	assert.ErrorIs(t, err, readmodels.ErrBadCursor, "another user's cursor")
 
 	due, err := rm.DueSessions(ctx, now, 0)
 	require.NoError(t, err)
@@ -336,6 +345,23 @@ func testAuditOrderFiltersAndCursor(t *testing.T, dialect string) {
 
 	_, err = rm.Audit(ctx, readmodels.AuditFilter{Cursor: "eA"})
 	assert.ErrorIs(t, err, readmodels.ErrBadCursor)
+
+	// A cursor pages through the list that made it, and no other: handed to
+	// the other order or other filters it is refused, not read as a keyset.
+	p, err = rm.Audit(ctx, readmodels.AuditFilter{Desc: true, Limit: 2})
+	require.NoError(t, err)
+	require.NotEmpty(t, p.NextCursor)
+	_, err = rm.Audit(ctx, readmodels.AuditFilter{Desc: true, Limit: 2, Cursor: p.NextCursor})
+	assert.NoError(t, err, "the same list")
+	for name, f := range map[string]readmodels.AuditFilter{
+		"ascending":   {Cursor: p.NextCursor},
+		"by user":     {Desc: true, UserID: &bob, Cursor: p.NextCursor},
+		"by action":   {Desc: true, Action: "user_updated", Cursor: p.NextCursor},
+		"from a time": {Desc: true, From: t0, Cursor: p.NextCursor},
+	} {
+		_, err = rm.Audit(ctx, f)
+		assert.ErrorIs(t, err, readmodels.ErrBadCursor, name)
+	}
 }
 
 func TestUpdateRollsBackRowsAndCheckpointTogether(t *testing.T) {
