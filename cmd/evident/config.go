@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"reflect"
@@ -60,7 +61,17 @@ func loadConfig(args []string, fs *flag.FlagSet) (Config, error) {
 	var c Config
 	var parseErr error
 	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
-		parseErr = envError(err)
+		var failed []string
+		parseErr, failed = envError(err)
+		// The variables that did not parse are reported once, as such:
+		// read again without them, they take their defaults rather than
+		// also failing the range checks as zero values.
+		rest := maps.Clone(vars)
+		for _, name := range failed {
+			delete(rest, name)
+		}
+		c = Config{}
+		_ = env.ParseWithOptions(&c, env.Options{Environment: rest})
 	}
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory of the embedded SQLite store (EVIDENT_DATA_DIR)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (EVIDENT_HTTP_ADDR)")
@@ -233,10 +244,10 @@ func (c Config) projections() []projections.Projection {
 
 // envError names the environment variable behind each value that did not
 // parse, instead of the Go field name.
-func envError(err error) error {
+func envError(err error) (_ error, failed []string) {
 	var agg env.AggregateError
 	if !errors.As(err, &agg) {
-		return fmt.Errorf("config: %w", err)
+		return fmt.Errorf("config: %w", err), nil
 	}
 	t := reflect.TypeFor[Config]()
 	errs := make([]error, 0, len(agg.Errors))
@@ -244,11 +255,13 @@ func envError(err error) error {
 		var pe env.ParseError
 		if errors.As(e, &pe) {
 			if f, ok := t.FieldByName(pe.Name); ok {
-				errs = append(errs, fmt.Errorf("%s: %w", f.Tag.Get("env"), pe.Err))
+				name := f.Tag.Get("env")
+				errs = append(errs, fmt.Errorf("%s: %w", name, pe.Err))
+				failed = append(failed, name)
 				continue
 			}
 		}
 		errs = append(errs, e)
 	}
-	return errors.Join(errs...)
+	return errors.Join(errs...), failed
 }

@@ -100,6 +100,10 @@ func TestParseAndRangeProblemsTogether(t *testing.T) {
 	for _, want := range []string{"EVIDENT_SESSION_DURATION", "EVIDENT_PASSWORD_COST", "EVIDENT_LOG_LEVEL", "EVIDENT_BOOTSTRAP_ADMIN_PASSWORD"} {
 		assert.Contains(t, err.Error(), want)
 	}
+	// A value that did not parse is named once, for that, and not again
+	// as the zero value it was left at.
+	assert.Equal(t, 1, strings.Count(err.Error(), "EVIDENT_SESSION_DURATION"), err.Error())
+	assert.NotContains(t, err.Error(), "EVIDENT_SESSION_DURATION must be positive")
 }
 
 func TestUnknownVariablesAreNamed(t *testing.T) {
