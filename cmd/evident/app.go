@@ -172,8 +172,13 @@ func (m *Main) bootstrapAdmin(ctx context.Context) error {
 			return fmt.Errorf("bootstrap admin: %w", err)
 		}
 		st, _, err := m.cmd.UserState(ctx, id, time.Time{})
-		if err != nil || st.Status != user.StatusPending {
+		if err != nil {
 			return err
+		}
+		if st.Status != user.StatusPending {
+			m.log.Info("bootstrap admin exists; EVIDENT_BOOTSTRAP_ADMIN_PASSWORD is used only when it is made, and was not applied",
+				"user_id", id.String(), "status", st.Status)
+			return nil
 		}
 	} else if err != nil {
 		return fmt.Errorf("bootstrap admin: %w", err)
