@@ -683,3 +683,30 @@ func TestReadToolsNeedAnExistingStore(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, entries, "nothing created")
 }
+
+// The bootstrap admin's address, registered by someone else before the
+// operator set it, is not taken for a bootstrap cut short: the stranger's
+// pending account stays pending (no login with their password), and the
+// log says no admin was made.
+func TestBootstrapAdminAddressTakenByAStranger(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	squat := uniqueEmail(t)
+	r := s.Do(t, http.MethodPost, "/v1/users", "", map[string]any{"email": squat, "name": "Squatter", "password": "squatter-pass-1"})
+	require.Equal(t, http.StatusCreated, r.Status, "%s", r)
+	id, _ := r.JSON(t)["id"].(string)
+
+	s.env = append(s.env, "EVIDENT_BOOTSTRAP_ADMIN_EMAIL="+squat, "EVIDENT_BOOTSTRAP_ADMIN_PASSWORD=operator-pass-1")
+	s.Restart(t)
+	u := s.Do(t, http.MethodGet, "/v1/users/"+id, s.AdminToken, nil)
+	require.Equal(t, http.StatusOK, u.Status, "%s", u)
+	assert.Equal(t, "pending", u.JSON(t)["status"], "not activated by the bootstrap")
+	assert.Equal(t, []any{"member"}, u.JSON(t)["roles"])
+	for _, pw := range []string{"squatter-pass-1", "operator-pass-1"} {
+		r = s.Do(t, http.MethodPost, "/v1/sessions", "", map[string]any{"email": squat, "password": pw})
+		assert.NotEqual(t, http.StatusCreated, r.Status, "login with %s: %s", pw, r)
+	}
+	log, err := os.ReadFile(s.logPath)
+	require.NoError(t, err)
+	assert.Contains(t, string(log), "bootstrap admin not made")
+}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -174,6 +175,14 @@ func (m *Main) bootstrapAdmin(ctx context.Context) error {
 		st, _, err := m.cmd.UserState(ctx, id, time.Time{})
 		if err != nil {
 			return err
+		}
+		if !slices.Contains(st.Roles, user.RoleAdmin) {
+			// Someone else registered the address first (only an admin
+			// gives roles): activating that account would let its
+			// registrant in, with no admin made.
+			m.log.Error("bootstrap admin not made: its address belongs to a user who is not an admin; choose another address, or have an admin grant the role",
+				"user_id", id.String(), "status", st.Status)
+			return nil
 		}
 		if st.Status != user.StatusPending {
 			m.log.Info("bootstrap admin exists; EVIDENT_BOOTSTRAP_ADMIN_PASSWORD is used only when it is made, and was not applied",
