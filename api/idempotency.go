@@ -129,9 +129,9 @@ func keyInUse() error {
 // replaySpent answers a keyed request whose bearer token no longer
 // authenticates (refused is why) when it retries a command that token's own
 // session sent. A command can end the very session that sent it (log out,
-// revoke one's own session) or make its user inactive (an admin
-// deactivating, suspending or deleting themself); its retry must still get
-// the first answer rather than a 401 that reads as if nothing happened.
+// revoke one's own session); its retry must still get the first answer
+// rather than a 401 that reads as if nothing happened. (The session may also
+// have ended by another's hand since: the answer it was given is still its.)
 //
 // The rule: the token must be one this service issued (its session exists
 // and the secret matches: commands.TokenHolder), and the key must hold,

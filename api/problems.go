@@ -61,6 +61,7 @@ var mapping = []struct {
 	{commands.ErrInvalidCredentials, http.StatusUnauthorized, "invalid_credentials", "e-mail or password is wrong"},
 	// Not 401: the session is fine, and a client takes 401 for "log in again".
 	{commands.ErrInvalidCurrentPassword, http.StatusForbidden, "invalid_current_password", "current_password is not your password"},
+	{commands.ErrSelfLockout, http.StatusConflict, "self_lockout", "an admin cannot drop their own admin role, nor deactivate, suspend or delete themself; another admin can"},
 	{commands.ErrCurrentPasswordRequired, http.StatusUnprocessableEntity, "current_password_required", "changing your own e-mail or password needs your current password in current_password"},
 	{commands.ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated", "the bearer token is missing, unknown or no longer valid"},
 	{readmodels.ErrBadCursor, http.StatusBadRequest, "invalid_cursor", "the cursor is not one this list returned"},

@@ -23,6 +23,11 @@ var (
 	// change their own profile does not match the one stored (or they have
 	// none). It is not ErrInvalidCredentials: the session stays valid.
 	ErrInvalidCurrentPassword = errors.New("commands: current password does not match")
+	// ErrSelfLockout means an admin tried to take their own admin rights
+	// away: drop their own admin role, or deactivate, suspend or delete
+	// themself. Another admin must, so that one slip cannot leave the
+	// service with no one able to run it.
+	ErrSelfLockout = errors.New("commands: an admin cannot end their own account or admin role")
 	// ErrSessionNotFound means no session has that id.
 	ErrSessionNotFound = errors.New("commands: session not found")
 )

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -371,6 +372,22 @@ func decideUser(c user.Command) func(loadedUser, time.Time) (change, error) {
 		evs, err := user.Decide(lu.state, c, now)
 		return change{events: evs}, err
 	}
+}
+
+// notOwnAdmin refuses, with ErrSelfLockout, a decision that would end the
+// acting admin's own account (see ErrSelfLockout).
+func notOwnAdmin(meta Meta, decide func(loadedUser, time.Time) (change, error)) func(loadedUser, time.Time) (change, error) {
+	return func(lu loadedUser, now time.Time) (change, error) {
+		if ownAdmin(meta, lu.state) {
+			return change{}, ErrSelfLockout
+		}
+		return decide(lu, now)
+	}
+}
+
+// ownAdmin reports whether the actor is s, holding the admin role.
+func ownAdmin(meta Meta, s user.State) bool {
+	return s.Exists && meta.ActorID == s.ID.String() && slices.Contains(s.Roles, user.RoleAdmin)
 }
 
 // claimRequest builds the append that takes or frees an address in the same

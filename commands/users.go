@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"evident/domain/email"
@@ -182,6 +183,9 @@ func (h *Handler) Update(ctx context.Context, meta Meta, id uuid.UUID, in Update
 		if _, err := user.Decide(lu.state, user.Update{}, now); err != nil {
 			return change{}, err
 		}
+		if cmd.Roles != nil && !slices.Contains(cmd.Roles, user.RoleAdmin) && ownAdmin(meta, lu.state) {
+			return change{}, ErrSelfLockout
+		}
 		if self {
 			credential := in.Password != nil || (cmd.Email != nil && *cmd.Email != lu.state.Email)
 			if credential && in.CurrentPassword == "" {
@@ -343,7 +347,7 @@ func (h *Handler) Deactivate(ctx context.Context, meta Meta, id uuid.UUID, reaso
 	if err := user.ValidateReason(reason); err != nil {
 		return Result{}, err
 	}
-	res, err := h.execUser(ctx, meta, id, ifMatch, decideUser(user.Deactivate{By: meta.ActorID, Reason: reason}))
+	res, err := h.execUser(ctx, meta, id, ifMatch, notOwnAdmin(meta, decideUser(user.Deactivate{By: meta.ActorID, Reason: reason})))
 	return h.endSessions(ctx, meta, res, err, session.ReasonUserDeactivated)
 }
 
@@ -352,7 +356,7 @@ func (h *Handler) Suspend(ctx context.Context, meta Meta, id uuid.UUID, reason s
 	if err := user.ValidateReason(reason); err != nil {
 		return Result{}, err
 	}
-	res, err := h.execUser(ctx, meta, id, ifMatch, decideUser(user.Suspend{By: meta.ActorID, Reason: reason}))
+	res, err := h.execUser(ctx, meta, id, ifMatch, notOwnAdmin(meta, decideUser(user.Suspend{By: meta.ActorID, Reason: reason})))
 	return h.endSessions(ctx, meta, res, err, session.ReasonUserSuspended)
 }
 
@@ -361,14 +365,14 @@ func (h *Handler) Delete(ctx context.Context, meta Meta, id uuid.UUID, reason st
 	if err := user.ValidateReason(reason); err != nil {
 		return Result{}, err
 	}
-	res, err := h.execUser(ctx, meta, id, ifMatch, func(lu loadedUser, now time.Time) (change, error) {
+	res, err := h.execUser(ctx, meta, id, ifMatch, notOwnAdmin(meta, func(lu loadedUser, now time.Time) (change, error) {
 		evs, err := user.Decide(lu.state, user.Delete{By: meta.ActorID, Reason: reason}, now)
 		if err != nil {
 			return change{}, err
 		}
 		release, err := h.releaseRequest(ctx, meta, now, lu.state)
 		return change{events: evs, extra: release}, err
-	})
+	}))
 	return h.endSessions(ctx, meta, res, err, session.ReasonUserDeleted)
 }
 
