@@ -20,9 +20,15 @@ var knownRoles = []string{RoleAdmin, RoleAuditor, RoleMember}
 // NormalizeEmail trims and lower-cases an address and checks that it is a bare
 // address (no display name). Two addresses that normalise alike are the same user.
 func NormalizeEmail(raw string) (string, error) {
+	if !utf8.ValidString(raw) {
+		return "", &ValidationError{Field: "email", Reason: "is not valid UTF-8"}
+	}
 	s := strings.ToLower(strings.TrimSpace(raw))
 	if s == "" {
 		return "", &ValidationError{Field: "email", Reason: "is required"}
+	}
+	if strings.ContainsFunc(s, invisible) {
+		return "", &ValidationError{Field: "email", Reason: "contains control or invisible formatting characters"}
 	}
 	if len(s) > 254 {
 		return "", &ValidationError{Field: "email", Reason: "is longer than 254 characters"}
@@ -57,6 +63,11 @@ func NormalizeName(raw string) (string, error) {
 	}
 	return s, nil
 }
+
+// invisible reports the characters that change how an address reads or
+// compares without showing: controls, and format characters (zero-width
+// spaces and joiners, bidirectional controls, soft hyphens).
+func invisible(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }
 
 // bidiControl reports the embeddings, overrides and isolates that make text
 // read in another order than it is stored: in a name they let one user pass

@@ -50,6 +50,11 @@ func TestNormalizeEmail(t *testing.T) {
 		}
 	}
 	invalid := []string{
+		"ka\u200bte@example.org", // zero-width space
+		"bi\u202edi@example.org", // right-to-left override
+		"ann\u00ad@example.org",  // soft hyphen
+		"ann\x00@example.org",
+		"ann\xff@example.org",
 		"",
 		"   ",
 		"ann",
