@@ -59,6 +59,16 @@ func checkJSONType(r *http.Request) error {
 // decodeJSON decodes exactly one JSON object into dst, refusing unknown
 // fields, wrong types and trailing data, with a problem a client can act on.
 func decodeJSON(body []byte, dst any) error {
+	if !utf8.Valid(body) {
+		// encoding/json would read each bad byte as U+FFFD and store that.
+		return problem(http.StatusBadRequest, "malformed_json", "the body is not valid UTF-8")
+	}
+	if k, ok := repeatedKey(body); ok {
+		p := problem(http.StatusBadRequest, "duplicate_field",
+			fmt.Sprintf("field %q is given more than once (field names match without regard to case)", k))
+		p.Field = k
+		return p
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
@@ -68,6 +78,37 @@ func decodeJSON(body []byte, dst any) error {
 		return problem(http.StatusBadRequest, "malformed_json", "the body must hold exactly one JSON object")
 	}
 	return nil
+}
+
+// repeatedKey finds a key of a top-level JSON object that another key of it
+// matches as encoding/json matches keys to fields, without regard to case:
+// the decoder would let the last one win, so {"name":"A","NAME":"B"} would
+// set B while reading as A. A body that is not an object is left to the
+// decoder.
+func repeatedKey(body []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return "", false
+	}
+	var seen []string
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		k, _ := t.(string)
+		for _, s := range seen {
+			if strings.EqualFold(s, k) {
+				return k, true
+			}
+		}
+		seen = append(seen, k)
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return "", false
+		}
+	}
+	return "", false
 }
 
 func decodeProblem(err error) *Problem {

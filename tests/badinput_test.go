@@ -47,6 +47,9 @@ func TestBadInput(t *testing.T) {
 		{name: "whitespace body", method: "POST", path: "/v1/sessions", token: "none", body: "  \n", status: 400, code: "empty_body"},
 		{name: "empty patch", method: "PATCH", path: users, body: ``, status: 400, code: "empty_body"},
 		{name: "malformed reason body", method: "POST", path: users + "/deactivate", body: `{"reason":`, status: 400, code: "malformed_json"},
+		{name: "field given twice", method: "PATCH", path: users, body: `{"name":"Alice","name":"Bob"}`, status: 400, code: "duplicate_field"},
+		{name: "field given twice in another case", method: "POST", path: "/v1/users", body: valid(`,"EMAIL":"other@example.org"`), status: 400, code: "duplicate_field"},
+		{name: "invalid UTF-8", method: "PATCH", path: users, body: "{\"name\":\"A\xff\xfeB\"}", status: 400, code: "malformed_json"},
 		// Unknown fields.
 		{name: "unknown field", method: "POST", path: "/v1/users", body: valid(`,"nickname":"x"`), status: 400, code: "unknown_field"},
 		{name: "unknown field in login", method: "POST", path: "/v1/sessions", token: "none", body: `{"email":"` + email + `","password":"` + userPassword + `","remember":true}`, status: 400, code: "unknown_field"},
