@@ -144,18 +144,37 @@ func pathID(c echo.Context) (uuid.UUID, error) {
 	return id, nil
 }
 
-// ifMatch reads If-Match as a stream version; absent or "*" means unconditional.
+// ifMatch reads If-Match as a stream version; absent or "*" means
+// unconditional. It takes one ETag as this API sends them ("7"). If-Match
+// compares strongly (RFC 9110 §13.1.1), so a weak tag (W/"7") matches no
+// version: the command fails its precondition, as for a version the stream
+// has left.
 func ifMatch(c echo.Context) (*int64, error) {
 	h := strings.TrimSpace(c.Request().Header.Get("If-Match"))
 	if h == "" || h == "*" {
 		return nil, nil
 	}
-	v, err := strconv.ParseInt(strings.Trim(strings.TrimPrefix(h, "W/"), `"`), 10, 64)
+	weak := strings.HasPrefix(h, "W/")
+	tag := strings.TrimPrefix(h, "W/")
+	var v int64 = -1
+	var err error
+	if len(tag) < 3 || tag[0] != '"' || tag[len(tag)-1] != '"' {
+		err = strconv.ErrSyntax
+	} else {
+		v, err = strconv.ParseInt(tag[1:len(tag)-1], 10, 64)
+	}
 	if err != nil || v < 0 {
-		return nil, problem(http.StatusBadRequest, "invalid_if_match", "If-Match must be an ETag this API returned")
+		return nil, problem(http.StatusBadRequest, "invalid_if_match", `If-Match must be one ETag this API returned, e.g. "7"`)
+	}
+	if weak {
+		never := noVersion
+		return &never, nil
 	}
 	return &v, nil
 }
+
+// noVersion is a version no stream is ever at (eventstore.NoStream is -1).
+const noVersion int64 = -3
 
 func etag(version int64) string { return `"` + strconv.FormatInt(version, 10) + `"` }
 

@@ -150,6 +150,11 @@ func TestBadInput(t *testing.T) {
 		// Headers.
 		{name: "bad If-Match", method: "POST", path: users + "/deactivate", header: []string{"If-Match", "abc"}, status: 400, code: "invalid_if_match"},
 		{name: "negative If-Match", method: "PATCH", path: users, body: `{"name":"Y"}`, header: []string{"If-Match", `"-1"`}, status: 400, code: "invalid_if_match"},
+		{name: "unterminated If-Match", method: "PATCH", path: users, body: `{"name":"Y"}`, header: []string{"If-Match", `"1`}, status: 400, code: "invalid_if_match"},
+		{name: "unquoted If-Match", method: "PATCH", path: users, body: `{"name":"Y"}`, header: []string{"If-Match", `1`}, status: 400, code: "invalid_if_match"},
+		{name: "list in If-Match", method: "PATCH", path: users, body: `{"name":"Y"}`, header: []string{"If-Match", `"1", "2"`}, status: 400, code: "invalid_if_match"},
+		// If-Match compares strongly: a weak tag matches no version.
+		{name: "weak If-Match", method: "PATCH", path: users, body: `{"name":"Y"}`, header: []string{"If-Match", `W/"1"`}, status: 412, code: "precondition_failed"},
 		{name: "long Idempotency-Key", method: "POST", path: users + "/deactivate", header: []string{"Idempotency-Key", strings.Repeat("k", 201)}, status: 400, code: "invalid_parameter"},
 		// Not UTF-8: PostgreSQL's text refused the key with a 500.
 		{name: "Idempotency-Key not UTF-8", method: "POST", path: "/v1/users", body: valid(), header: []string{"Idempotency-Key", "k\xff\xfe1"}, status: 400, code: "invalid_parameter"},
