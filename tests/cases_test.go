@@ -710,3 +710,20 @@ func TestBootstrapAdminAddressTakenByAStranger(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(log), "bootstrap admin not made")
 }
+
+// If-Match compares strongly (RFC 9110 §13.1.1): the weak form of the very
+// ETag the API sent does not match, and nothing is written.
+func TestWeakIfMatchDoesNotMatch(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	id := s.RegisterUser(t, uniqueEmail(t), "Weak")
+	r := s.Do(t, http.MethodGet, "/v1/users/"+id+"/state", s.AdminToken, nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+	before := userVersion(t, s, id)
+	tag := fmt.Sprintf(`"%d"`, int64(before))
+	r = s.Do(t, http.MethodPatch, "/v1/users/"+id, s.AdminToken, map[string]any{"name": "Weakened"}, "If-Match", "W/"+tag)
+	assertProblem(t, r, http.StatusPreconditionFailed, "precondition_failed", "weak tag")
+	assert.Equal(t, before, userVersion(t, s, id), "nothing written")
+	r = s.Do(t, http.MethodPatch, "/v1/users/"+id, s.AdminToken, map[string]any{"name": "Strong"}, "If-Match", tag)
+	assert.Equal(t, http.StatusOK, r.Status, "the strong tag matches: %s", r)
+}
