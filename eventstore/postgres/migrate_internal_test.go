@@ -32,13 +32,7 @@ func TestMigratesForwardFromStreamsTable(t *testing.T) {
 
 	// The schema as 00003 left it, and a log written there by the old
 	// set-based function.
-	fsys, err := fs.Sub(migrations, "migrations")
-	require.NoError(t, err)
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
-		goose.WithTableName(versionTable), goose.WithDisableGlobalRegistry(true))
-	require.NoError(t, err)
+	p := migrator(t, pool)
 	_, err = p.UpTo(ctx, 3)
 	require.NoError(t, err)
 	old := []eventstore.EventData{event(), event(), event()}
@@ -151,13 +145,7 @@ func TestStreamCollationIsC(t *testing.T) {
 	}
 	conn.Release()
 
-	fsys, err := fs.Sub(migrations, "migrations")
-	require.NoError(t, err)
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
-		goose.WithTableName(versionTable), goose.WithDisableGlobalRegistry(true))
-	require.NoError(t, err)
+	p := migrator(t, pool)
 	_, err = p.DownTo(ctx, 4)
 	require.NoError(t, err)
 	assert.Equal(t, "default", collation())
@@ -182,4 +170,18 @@ func TestStreamCollationIsC(t *testing.T) {
 		_, err = s2.Append(ctx, one(st, 0))
 		assert.ErrorIs(t, err, eventstore.ErrWrongVersion, st)
 	}
+}
+
+// migrator is the store's own goose provider on pool, to move the schema
+// to a given version.
+func migrator(t *testing.T, pool *pgxpool.Pool) *goose.Provider {
+	t.Helper()
+	fsys, err := fs.Sub(migrations, "migrations")
+	require.NoError(t, err)
+	db := stdlib.OpenDBFromPool(pool)
+	t.Cleanup(func() { _ = db.Close() })
+	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
+		goose.WithTableName(versionTable), goose.WithDisableGlobalRegistry(true))
+	require.NoError(t, err)
+	return p
 }
