@@ -62,7 +62,11 @@ func (s *Server) meta(c echo.Context) commands.Meta {
 	if !traceID(corr) {
 		corr = rid
 	}
-	return commands.Meta{ActorID: actor(c), CorrelationID: corr, RequestID: rid}
+	m := commands.Meta{ActorID: actor(c), CorrelationID: corr, RequestID: rid}
+	if p, ok := principal(c); ok {
+		m.SessionID = p.SessionID
+	}
+	return m
 }
 
 // answer waits until the read side has processed pos (unless the client

@@ -98,6 +98,10 @@ type Meta struct {
 	CorrelationID string
 	CausationID   string
 	RequestID     string
+	// SessionID is the session the request came with (none for workflows
+	// and start-up). It is kept out of the events; a command that ends a
+	// user's sessions leaves this one open.
+	SessionID uuid.UUID
 }
 
 // Actors that are not users.

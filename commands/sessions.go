@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"evident/domain/session"
@@ -239,7 +240,8 @@ func (h *Handler) execSession(ctx context.Context, meta Meta, sid uuid.UUID, c s
 	})
 }
 
-// RevokeUserSessions revokes every open session of a user, in appends of at
+// RevokeUserSessions revokes every open session of a user but the one the
+// request came with (meta.SessionID), in appends of at
 // most RevokeBatch sessions each so no single write outgrows the store. It
 // first lets the sessions read model catch up to after (bounded), so that
 // every login before the triggering event is seen; a login that lands later
@@ -262,6 +264,7 @@ func (h *Handler) RevokeUserSessions(ctx context.Context, meta Meta, userID uuid
 	if err != nil {
 		return eventstore.Position{}, fmt.Errorf("list open sessions: %w", err)
 	}
+	ids = slices.DeleteFunc(ids, func(id uuid.UUID) bool { return id == meta.SessionID && id != uuid.Nil })
 	var last eventstore.Position
 	for start := 0; start < len(ids); start += h.opts.RevokeBatch {
 		batch := ids[start:min(start+h.opts.RevokeBatch, len(ids))]

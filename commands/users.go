@@ -136,7 +136,8 @@ type UpdateInput struct {
 }
 
 // Update changes a user's profile. A new address is claimed and the old one
-// released in the same atomic append.
+// released in the same atomic append. A new password revokes the user's
+// other open sessions (all but the one the request came with).
 //
 // A self change — meta.ActorID names the user being changed, whatever the
 // actor's roles — of the e-mail address or the password needs the user's
@@ -177,7 +178,7 @@ func (h *Handler) Update(ctx context.Context, meta Meta, id uuid.UUID, in Update
 	}
 	self := meta.ActorID == id.String()
 	var proven *uuid.UUID // the credential in.CurrentPassword matched
-	return h.execUser(ctx, meta, id, ifMatch, func(lu loadedUser, now time.Time) (change, error) {
+	res, err := h.execUser(ctx, meta, id, ifMatch, func(lu loadedUser, now time.Time) (change, error) {
 		// A user that is missing or deleted fails as it always has,
 		// before any password is looked at.
 		if _, err := user.Decide(lu.state, user.Update{}, now); err != nil {
@@ -242,6 +243,12 @@ func (h *Handler) Update(ctx context.Context, meta Meta, id uuid.UUID, in Update
 		}
 		return ch, nil
 	})
+	if in.Password == nil {
+		return res, err
+	}
+	// A new password ends the user's other sessions: whoever held one
+	// with the old password holds nothing now.
+	return h.endSessions(ctx, meta, res, err, session.ReasonPasswordChanged)
 }
 
 // checkPassword compares password with the user's stored hash, at one

@@ -159,3 +159,33 @@ func TestCurrentPasswordIsKeptNowhere(t *testing.T) {
 		}
 	}
 }
+
+// A new password ends the user's other sessions: a self change keeps the
+// session it came with, an admin's change ends them all. Each is one
+// session_revoked with reason password_changed in the audit.
+func TestNewPasswordEndsOtherSessions(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	id, email := s.NewActiveUser(t, "Rotating")
+	here, _ := s.Login(t, email, userPassword)
+	there, thereID := s.Login(t, email, userPassword)
+
+	r := s.Do(t, http.MethodPatch, "/v1/users/"+id, here, map[string]any{"password": "rotated-password-2", "current_password": userPassword})
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+	assert.Equal(t, http.StatusUnauthorized, s.Do(t, http.MethodGet, "/v1/users/"+id, there, nil).Status, "the other session is ended")
+	assert.Equal(t, http.StatusOK, s.Do(t, http.MethodGet, "/v1/users/"+id, here, nil).Status, "the session it came with is kept")
+	revoked := s.Audit(t, "user_id="+id+"&action=session_revoked")
+	require.Len(t, revoked, 1)
+	assert.Equal(t, thereID, revoked[0]["resource_id"])
+	assert.Contains(t, string(mustJSON(t, revoked[0]["details"])), "password_changed")
+
+	r = s.Do(t, http.MethodPatch, "/v1/users/"+id, s.AdminToken, map[string]any{"name": "Renamed only"})
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+	assert.Equal(t, http.StatusOK, s.Do(t, http.MethodGet, "/v1/users/"+id, here, nil).Status, "a rename ends nothing")
+
+	r = s.Do(t, http.MethodPatch, "/v1/users/"+id, s.AdminToken, map[string]any{"password": "reset-by-admin-3"})
+	require.Equal(t, http.StatusOK, r.Status, "%s", r)
+	assert.Equal(t, http.StatusUnauthorized, s.Do(t, http.MethodGet, "/v1/users/"+id, here, nil).Status, "an admin's reset ends every session")
+	assert.Len(t, s.Audit(t, "user_id="+id+"&action=session_revoked"), 2)
+
+}

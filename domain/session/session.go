@@ -28,6 +28,7 @@ const (
 	ReasonUserSuspended   = "user_suspended"
 	ReasonUserDeleted     = "user_deleted"
 	ReasonRevoked         = "revoked"
+	ReasonPasswordChanged = "password_changed"
 )
 
 // Errors.
