@@ -154,16 +154,11 @@ func ifMatch(c echo.Context) (*int64, error) {
 	if h == "" || h == "*" {
 		return nil, nil
 	}
-	weak := strings.HasPrefix(h, "W/")
-	tag := strings.TrimPrefix(h, "W/")
-	var v int64 = -1
-	var err error
-	if len(tag) < 3 || tag[0] != '"' || tag[len(tag)-1] != '"' {
-		err = strconv.ErrSyntax
-	} else {
-		v, err = strconv.ParseInt(tag[1:len(tag)-1], 10, 64)
-	}
-	if err != nil || v < 0 {
+	tag, weak := strings.CutPrefix(h, "W/")
+	digits, quoted := strings.CutPrefix(tag, `"`)
+	digits, closed := strings.CutSuffix(digits, `"`)
+	v, err := strconv.ParseInt(digits, 10, 64)
+	if !quoted || !closed || err != nil || v < 0 {
 		return nil, problem(http.StatusBadRequest, "invalid_if_match", `If-Match must be one ETag this API returned, e.g. "7"`)
 	}
 	if weak {

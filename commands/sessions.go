@@ -264,7 +264,7 @@ func (h *Handler) RevokeUserSessions(ctx context.Context, meta Meta, userID uuid
 	if err != nil {
 		return eventstore.Position{}, fmt.Errorf("list open sessions: %w", err)
 	}
-	ids = slices.DeleteFunc(ids, func(id uuid.UUID) bool { return id == meta.SessionID && id != uuid.Nil })
+	ids = slices.DeleteFunc(ids, func(id uuid.UUID) bool { return id == meta.SessionID })
 	var last eventstore.Position
 	for start := 0; start < len(ids); start += h.opts.RevokeBatch {
 		batch := ids[start:min(start+h.opts.RevokeBatch, len(ids))]

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -54,7 +53,7 @@ func (w *lateWaiter) WaitFor(ctx context.Context, pos eventstore.Position) error
 // report that the stream or user is not in it.
 func Open(ctx context.Context, cfg Config, log *slog.Logger, exclusive bool) (*Main, error) {
 	if !exclusive && cfg.backend() == embedded {
-		file := filepath.Join(cfg.DataDir, "evident.db")
+		file := cfg.embeddedFile()
 		if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("no embedded store at %s: give the serving process's directory (--data-dir or EVIDENT_DATA_DIR)", file)
 		}

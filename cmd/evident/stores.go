@@ -90,7 +90,7 @@ func (s *stores) openEmbedded(ctx context.Context, cfg Config, exclusive bool) e
 		}
 		s.close = append(s.close, lock.Close)
 	}
-	db, err := sqlitedb.Open(filepath.Join(cfg.DataDir, "evident.db"))
+	db, err := sqlitedb.Open(cfg.embeddedFile())
 	if err != nil {
 		return err
 	}
@@ -224,7 +224,7 @@ func validURL(name, raw string, schemes ...string) error {
 // storeName says where the stores are, for the start-up log (no passwords).
 func (c Config) storeName() string {
 	if c.backend() == embedded {
-		return "sqlite:" + filepath.Join(c.DataDir, "evident.db")
+		return "sqlite:" + c.embeddedFile()
 	}
 	events, rm := c.EventStoreURL, c.DatabaseURL
 	if events == "" {
@@ -241,3 +241,6 @@ func (c Config) storeName() string {
 func (c Config) readModelOptions() []readmodels.Option {
 	return []readmodels.Option{readmodels.WithIdempotencyLease(3*c.ReadWaitTimeout + 5*time.Second)}
 }
+
+// embeddedFile is the embedded store's SQLite file.
+func (c Config) embeddedFile() string { return filepath.Join(c.DataDir, "evident.db") }
